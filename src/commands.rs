@@ -1,0 +1,323 @@
+//! The JSON command set shared by the WebSocket connection and the WebTransport control stream.
+//!
+//! Each command is one JSON object whose `op` names it. Replies and deliveries go out through
+//! one bounded channel per connection, so a reply is always sent before the events of the
+//! subscription it confirms. A rejected command gets an `error` reply and leaves the connection
+//! and its other subscriptions untouched.
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::cursor::Cursor;
+use crate::error::RequestError;
+use crate::hub::{Class, Delivery, Hub};
+use crate::topic::{Filter, Topic};
+use crate::wire::to_json;
+
+/// A command from a client.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    Subscribe {
+        id: Option<u64>,
+        filters: Vec<String>,
+        cursor: Option<String>,
+    },
+    Unsubscribe {
+        id: Option<u64>,
+        sub: u64,
+    },
+    Publish {
+        id: Option<u64>,
+        topic: String,
+        class: Option<String>,
+        event: Option<String>,
+        payload: Option<String>,
+        payload_b64: Option<String>,
+    },
+    /// Registers a topic alias for datagrams; WebTransport only.
+    Alias {
+        id: Option<u64>,
+        alias: u16,
+        topic: String,
+    },
+    Ping {
+        id: Option<u64>,
+    },
+}
+
+/// What a connection's writer sends next.
+pub enum Outbound {
+    /// A JSON reply to a command.
+    Reply(Bytes),
+    /// A delivery of subscription `sub`.
+    Delivery { sub: u64, delivery: Delivery },
+}
+
+#[derive(Serialize)]
+struct Reply<'a> {
+    op: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sub: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cursor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+}
+
+impl Reply<'_> {
+    fn new(op: &'static str, id: Option<u64>) -> Self {
+        Self {
+            op,
+            id,
+            sub: None,
+            cursor: None,
+            code: None,
+            message: None,
+        }
+    }
+}
+
+/// Encodes an `error` reply.
+pub fn error_reply(id: Option<u64>, code: &'static str, message: &str) -> Bytes {
+    to_json(&Reply {
+        code: Some(code),
+        message: Some(message),
+        ..Reply::new("error", id)
+    })
+}
+
+/// Per-connection command state: the subscriptions and the datagram aliases.
+pub struct CommandSession {
+    hub: Hub,
+    out: mpsc::Sender<Outbound>,
+    subscriptions: HashMap<u64, JoinHandle<()>>,
+    next_sub: u64,
+    max_subscriptions: usize,
+    aliases: HashMap<u16, Topic>,
+    max_aliases: usize,
+}
+
+impl CommandSession {
+    /// Creates the state of one connection whose writer reads `out`.
+    pub fn new(hub: Hub, out: mpsc::Sender<Outbound>, max_subscriptions: usize) -> Self {
+        Self {
+            hub,
+            out,
+            subscriptions: HashMap::new(),
+            next_sub: 1,
+            max_subscriptions,
+            aliases: HashMap::new(),
+            max_aliases: 1024,
+        }
+    }
+
+    /// Topic registered under a datagram alias.
+    pub fn alias(&self, alias: u16) -> Option<&Topic> {
+        self.aliases.get(&alias)
+    }
+
+    /// Number of live subscriptions.
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
+    }
+
+    /// Parses and runs one command, then queues its reply. Returns `false` once the writer is
+    /// gone, which ends the connection.
+    pub async fn handle(&mut self, text: &[u8], allow_alias: bool) -> bool {
+        let command: Command = match serde_json::from_slice(text) {
+            Ok(command) => command,
+            Err(e) => {
+                let message = format!("invalid command: {e}");
+                return self
+                    .send(error_reply(None, "invalid_command", &message))
+                    .await;
+            }
+        };
+        let id = command_id(&command);
+        match self.run(command, allow_alias).await {
+            Ok(Some(reply)) => self.send(reply).await,
+            Ok(None) => !self.out.is_closed(),
+            Err(e) => self.send(error_reply(id, e.code(), &e.to_string())).await,
+        }
+    }
+
+    async fn send(&self, reply: Bytes) -> bool {
+        self.out.send(Outbound::Reply(reply)).await.is_ok()
+    }
+
+    /// Runs a command; `Ok(None)` means the reply was already queued.
+    async fn run(
+        &mut self,
+        command: Command,
+        allow_alias: bool,
+    ) -> Result<Option<Bytes>, RequestError> {
+        match command {
+            Command::Subscribe {
+                id,
+                filters,
+                cursor,
+            } => {
+                self.subscribe(id, filters, cursor).await?;
+                Ok(None)
+            }
+            Command::Unsubscribe { id, sub } => {
+                let task = self
+                    .subscriptions
+                    .remove(&sub)
+                    .ok_or(RequestError::UnknownSubscription(sub))?;
+                task.abort();
+                Ok(Some(to_json(&Reply {
+                    sub: Some(sub),
+                    ..Reply::new("unsubscribed", id)
+                })))
+            }
+            Command::Publish {
+                id,
+                topic,
+                class,
+                event,
+                payload,
+                payload_b64,
+            } => {
+                let topic = Topic::parse(&topic).map_err(RequestError::InvalidTopic)?;
+                let class = parse_class(class.as_deref())?;
+                let payload = match (payload, payload_b64) {
+                    (Some(text), None) => Bytes::from(text),
+                    (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+                        .decode(encoded)
+                        .map(Bytes::from)
+                        .map_err(|e| {
+                            RequestError::InvalidPayload(format!("invalid payload_b64: {e}"))
+                        })?,
+                    (None, None) => Bytes::new(),
+                    (Some(_), Some(_)) => {
+                        return Err(RequestError::InvalidPayload(
+                            "give either payload or payload_b64, not both".into(),
+                        ))
+                    }
+                };
+                let cursor = self.hub.publish(topic, class, event.as_deref(), payload)?;
+                Ok(Some(to_json(&Reply {
+                    cursor: cursor.map(|c| c.to_string()),
+                    ..Reply::new("ack", id)
+                })))
+            }
+            Command::Alias { id, alias, topic } => {
+                if !allow_alias {
+                    return Err(RequestError::Unsupported(
+                        "aliases name datagram topics and exist on WebTransport only".into(),
+                    ));
+                }
+                let topic = Topic::parse(&topic).map_err(RequestError::InvalidTopic)?;
+                if !self.aliases.contains_key(&alias) && self.aliases.len() >= self.max_aliases {
+                    return Err(RequestError::LimitExceeded(format!(
+                        "at most {} aliases per session",
+                        self.max_aliases
+                    )));
+                }
+                self.aliases.insert(alias, topic);
+                Ok(Some(to_json(&Reply::new("ack", id))))
+            }
+            Command::Ping { id } => Ok(Some(to_json(&Reply::new("pong", id)))),
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        id: Option<u64>,
+        filters: Vec<String>,
+        cursor: Option<String>,
+    ) -> Result<(), RequestError> {
+        if self.subscriptions.len() >= self.max_subscriptions {
+            return Err(RequestError::LimitExceeded(format!(
+                "at most {} subscriptions per connection: unsubscribe first",
+                self.max_subscriptions
+            )));
+        }
+        let filters = parse_filters(&filters)?;
+        let cursor = cursor.map(|c| c.parse::<Cursor>()).transpose()?;
+        let mut subscription = self.hub.subscribe(filters, cursor)?;
+
+        let sub = self.next_sub;
+        self.next_sub += 1;
+        let reply = to_json(&Reply {
+            sub: Some(sub),
+            cursor: Some(self.hub.head().to_string()),
+            ..Reply::new("subscribed", id)
+        });
+        // The reply enters the channel before the forwarding task starts, so it precedes every
+        // delivery of this subscription.
+        if self.out.send(Outbound::Reply(reply)).await.is_err() {
+            return Ok(());
+        }
+        let out = self.out.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let delivery = subscription.recv().await;
+                if out
+                    .send(Outbound::Delivery { sub, delivery })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        self.subscriptions.insert(sub, task);
+        Ok(())
+    }
+}
+
+impl Drop for CommandSession {
+    fn drop(&mut self) {
+        for task in self.subscriptions.values() {
+            task.abort();
+        }
+    }
+}
+
+fn command_id(command: &Command) -> Option<u64> {
+    match command {
+        Command::Subscribe { id, .. }
+        | Command::Unsubscribe { id, .. }
+        | Command::Publish { id, .. }
+        | Command::Alias { id, .. }
+        | Command::Ping { id } => *id,
+    }
+}
+
+/// Parses the `class` of a publish; absent means `event`.
+///
+/// # Errors
+///
+/// Returns [`RequestError::InvalidClass`] for any other value.
+pub fn parse_class(class: Option<&str>) -> Result<Class, RequestError> {
+    match class {
+        None | Some("event") => Ok(Class::Event),
+        Some("telemetry") => Ok(Class::Telemetry),
+        Some(other) => Err(RequestError::InvalidClass(other.chars().take(64).collect())),
+    }
+}
+
+/// Parses subscription filters.
+///
+/// # Errors
+///
+/// Returns [`RequestError::InvalidFilter`] naming the first invalid filter.
+pub fn parse_filters<S: AsRef<str>>(filters: &[S]) -> Result<Vec<Filter>, RequestError> {
+    filters
+        .iter()
+        .map(|f| Filter::parse(f.as_ref()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(RequestError::InvalidFilter)
+}

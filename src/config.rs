@@ -1,0 +1,172 @@
+//! Command-line options and the configuration they produce.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::hub::{HubConfig, QueueLimits};
+
+/// hubcast: a real-time pub/sub server over WebTransport, HTTP/3 and TCP fallbacks.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Args {
+    /// UDP address for QUIC (HTTP/3 and WebTransport); repeat to listen on several. Port 0
+    /// picks a free port. [default: 127.0.0.1:4433 and [::1]:4433]
+    #[arg(long = "quic-listen", value_name = "ADDR")]
+    pub quic_listen: Vec<SocketAddr>,
+
+    /// TCP address for HTTP/1.1 (WebSocket, SSE, long polling, publish API, demo); repeat to
+    /// listen on several. Port 0 picks a free port. [default: 127.0.0.1:8080 and [::1]:8080]
+    #[arg(long = "http-listen", value_name = "ADDR")]
+    pub http_listen: Vec<SocketAddr>,
+
+    /// PEM certificate chain to serve, used as is; requires --key.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+
+    /// PEM private key of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+
+    /// Directory for the generated development certificate when no --cert is given.
+    #[arg(long, value_name = "DIR", default_value = "certs")]
+    pub cert_dir: PathBuf,
+
+    /// Directory of the web demo served at `/`.
+    #[arg(long, value_name = "DIR", default_value = "web")]
+    pub web_dir: PathBuf,
+
+    /// Maximum number of events kept in history.
+    #[arg(long, value_name = "COUNT", default_value_t = 10_000)]
+    pub history_events: usize,
+
+    /// Maximum total payload bytes kept in history.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    pub history_bytes: usize,
+
+    /// Maximum payload of one message, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    pub max_payload: usize,
+
+    /// Maximum number of deliveries queued for one subscriber before it lags.
+    #[arg(long, value_name = "COUNT", default_value_t = 1024)]
+    pub queue_messages: usize,
+
+    /// Maximum bytes queued for one subscriber before it lags.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    pub queue_bytes: usize,
+
+    /// Seconds between SSE comment heartbeats.
+    #[arg(long, value_name = "SECONDS", default_value_t = 15)]
+    pub heartbeat: u64,
+
+    /// Maximum wait of a long poll, in seconds; longer `timeout` values are cut to this.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub poll_max_timeout: u64,
+
+    /// Maximum subscriptions on one WebSocket or WebTransport connection.
+    #[arg(long, value_name = "COUNT", default_value_t = 64)]
+    pub max_subscriptions: usize,
+
+    /// Maximum server-opened event streams per WebTransport session; topics share them beyond.
+    #[arg(long, value_name = "COUNT", default_value_t = 8)]
+    pub wt_event_streams: usize,
+
+    /// QUIC idle timeout, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub idle_timeout: u64,
+}
+
+/// Complete server configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// UDP addresses for QUIC.
+    pub quic_listen: Vec<SocketAddr>,
+    /// TCP addresses for HTTP/1.1.
+    pub http_listen: Vec<SocketAddr>,
+    /// Whether an address that cannot be bound is skipped with a warning (the built-in
+    /// defaults, where `::1` may be missing) instead of failing start-up.
+    pub skip_unavailable: bool,
+    pub cert: Option<(PathBuf, PathBuf)>,
+    pub cert_dir: PathBuf,
+    pub web_dir: PathBuf,
+    pub hub: HubConfig,
+    /// Interval of SSE comment heartbeats. Default 15 s.
+    pub heartbeat: Duration,
+    /// Cap of a long poll's wait. Default 30 s.
+    pub poll_max_timeout: Duration,
+    /// Subscriptions per WebSocket or WebTransport connection. Default 64.
+    pub max_subscriptions: usize,
+    /// Server-opened event streams per WebTransport session. Default 8.
+    pub wt_event_streams: usize,
+    /// QUIC idle timeout. Default 30 s; keep-alives go out at a third of it.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Args::parse_from(["hubcast"]).into_config()
+    }
+}
+
+impl Args {
+    /// Turns parsed options into a configuration.
+    pub fn into_config(self) -> Config {
+        let skip_unavailable = self.quic_listen.is_empty() || self.http_listen.is_empty();
+        let or_loopback = |addrs: Vec<SocketAddr>, port: u16| {
+            if addrs.is_empty() {
+                vec![
+                    SocketAddr::from(([127, 0, 0, 1], port)),
+                    SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+                ]
+            } else {
+                addrs
+            }
+        };
+        Config {
+            quic_listen: or_loopback(self.quic_listen, 4433),
+            http_listen: or_loopback(self.http_listen, 8080),
+            skip_unavailable,
+            cert: self.cert.zip(self.key),
+            cert_dir: self.cert_dir,
+            web_dir: self.web_dir,
+            hub: HubConfig {
+                history_max_events: self.history_events,
+                history_max_bytes: self.history_bytes,
+                max_payload_bytes: self.max_payload,
+                queue: QueueLimits {
+                    max_messages: self.queue_messages,
+                    max_bytes: self.queue_bytes,
+                },
+                ..HubConfig::default()
+            },
+            heartbeat: Duration::from_secs(self.heartbeat.max(1)),
+            poll_max_timeout: Duration::from_secs(self.poll_max_timeout),
+            max_subscriptions: self.max_subscriptions,
+            wt_event_streams: self.wt_event_streams.max(1),
+            idle_timeout: Duration::from_secs(self.idle_timeout.max(1)),
+        }
+    }
+}
+
+impl Config {
+    /// Configuration for tests and embedding: one loopback address per listener on a free port,
+    /// and the generated certificate in `cert_dir`.
+    pub fn loopback(cert_dir: PathBuf) -> Self {
+        Self {
+            quic_listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            http_listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            skip_unavailable: false,
+            cert_dir,
+            ..Self::default()
+        }
+    }
+
+    /// Largest WebSocket message or control-stream frame accepted: a base64 payload of the
+    /// maximum size plus room for the rest of the command.
+    pub fn max_command_bytes(&self) -> usize {
+        self.hub.max_payload_bytes / 3 * 4 + 4 + 4096
+    }
+}

@@ -1,0 +1,133 @@
+//! `GET /v1/ws`: the JSON command protocol over WebSocket (RFC 6455).
+//!
+//! One task reads commands and one writes replies and deliveries, joined by the bounded
+//! channel of [`CommandSession`]. A binary frame closes the connection with 1003, an oversized
+//! message with 1009 and server shutdown with 1001; a rejected command only gets an `error`.
+
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::sync::mpsc;
+
+use super::{AppState, Http3};
+use crate::commands::{CommandSession, Outbound};
+use crate::error::close_code;
+use crate::hub::Delivery;
+use crate::wire;
+
+/// Capacity of the channel between the command session and the socket writer.
+const OUTBOUND_CAPACITY: usize = 64;
+
+pub(super) async fn upgrade(
+    State(state): State<AppState>,
+    http3: Option<axum::Extension<Http3>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Some(upgrade) = upgrade.ok().filter(|_| http3.is_none()) else {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            "WebSocket needs an HTTP/1.1 upgrade request to the TCP listener\n",
+        )
+            .into_response();
+    };
+    let max = state.config.max_command_bytes();
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| serve(socket, state))
+}
+
+async fn serve(socket: WebSocket, state: AppState) {
+    let (mut sink, mut stream) = socket.split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(OUTBOUND_CAPACITY);
+    let (close_tx, mut close_rx) = mpsc::channel::<(u16, &'static str)>(1);
+    let heartbeat = state.config.heartbeat;
+    let shutdown = state.shutdown.clone();
+
+    let writer = tokio::spawn(async move {
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        loop {
+            let message = tokio::select! {
+                outbound = out_rx.recv() => match outbound {
+                    Some(Outbound::Reply(json)) => {
+                        Message::Text(Utf8Bytes::try_from(json).unwrap_or_default())
+                    }
+                    Some(Outbound::Delivery { sub, delivery }) => encode(&delivery, sub),
+                    None => break,
+                },
+                close = close_rx.recv() => {
+                    let (code, reason) = close.unwrap_or((close_code::GOING_AWAY, "closing"));
+                    let frame = CloseFrame { code, reason: reason.into() };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    break;
+                }
+                _ = ping.tick() => Message::Ping(Default::default()),
+                _ = shutdown.cancelled() => {
+                    let frame = CloseFrame {
+                        code: close_code::GOING_AWAY,
+                        reason: "server shutting down".into(),
+                    };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    break;
+                }
+            };
+            if sink.send(message).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let mut session =
+        CommandSession::new(state.hub.clone(), out_tx, state.config.max_subscriptions);
+    while let Some(received) = stream.next().await {
+        match received {
+            Ok(Message::Text(text)) => {
+                if !session.handle(text.as_bytes(), false).await {
+                    break;
+                }
+            }
+            Ok(Message::Binary(_)) => {
+                let _ = close_tx
+                    .send((
+                        close_code::UNSUPPORTED_DATA,
+                        "binary frames are not accepted: send JSON commands as text",
+                    ))
+                    .await;
+                break;
+            }
+            Ok(Message::Close(_)) => break,
+            Ok(Message::Ping(_) | Message::Pong(_)) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket read failed");
+                if is_capacity_error(&e) {
+                    let _ = close_tx
+                        .send((close_code::MESSAGE_TOO_BIG, "message too large"))
+                        .await;
+                }
+                break;
+            }
+        }
+    }
+    // Dropping the session stops its subscriptions and, through the closed channel, the writer.
+    drop(session);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+}
+
+fn encode(delivery: &Delivery, sub: u64) -> Message {
+    match delivery {
+        Delivery::Message(message) => Message::Text(wire::ws_text(message)),
+        Delivery::Resync { .. } => Message::Text(
+            Utf8Bytes::try_from(wire::delivery_json(delivery, Some(sub))).unwrap_or_default(),
+        ),
+    }
+}
+
+fn is_capacity_error(error: &axum::Error) -> bool {
+    let text = error.to_string();
+    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Capacity")
+}

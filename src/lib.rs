@@ -1,0 +1,17 @@
+//! hubcast: a real-time pub/sub server.
+//!
+//! One topic [`hub`] is served over WebTransport and HTTP/3 on a QUIC endpoint ([`quic`]) and
+//! over WebSocket, Server-Sent Events and long polling on a TCP listener ([`http`]). The
+//! [`server`] module starts both and shuts them down through one cancellation token.
+
+pub mod cert;
+pub mod commands;
+pub mod config;
+pub mod cursor;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod quic;
+pub mod server;
+pub mod topic;
+pub mod wire;

@@ -1,0 +1,209 @@
+//! The QUIC endpoint: HTTP/3 requests and WebTransport sessions on one UDP port.
+//!
+//! Every connection runs in its own task, and every request in a task of its own, so a panic
+//! inside h3 while serving one peer ends only that peer's task; the accept loop and every other
+//! connection carry on.
+
+mod request;
+mod session;
+mod varint;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use bytes::Bytes;
+use h3::ext::Protocol;
+use http::{Method, StatusCode};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::cert::Certificate;
+use crate::config::Config;
+use crate::hub::Hub;
+
+pub use session::SessionLimits;
+
+/// Path of the WebTransport endpoint.
+pub const WEBTRANSPORT_PATH: &str = "/v1/wt";
+
+/// Everything a QUIC connection task needs.
+#[derive(Clone)]
+pub(crate) struct Context {
+    pub hub: Hub,
+    pub router: Router,
+    pub limits: SessionLimits,
+    pub max_body: usize,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+/// Builds the quinn server configuration: TLS 1.3 with ALPN `h3`, datagrams, keep-alive.
+///
+/// # Errors
+///
+/// Returns the rustls error when the certificate and key do not fit together.
+pub fn server_config(
+    cert: &Certificate,
+    config: &Config,
+) -> Result<quinn::ServerConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(cert.chain.clone(), cert.key.clone_key())?;
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    tls.max_early_data_size = 0;
+
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_idle_timeout(config.idle_timeout.try_into().ok())
+        .keep_alive_interval(Some(config.idle_timeout / 3))
+        .max_concurrent_bidi_streams(256u32.into())
+        .max_concurrent_uni_streams(256u32.into())
+        .datagram_receive_buffer_size(Some(1 << 20))
+        .datagram_send_buffer_size(1 << 20);
+    server.transport_config(Arc::new(transport));
+    Ok(server)
+}
+
+/// Accepts connections on `endpoint` until shutdown.
+pub(crate) async fn serve(endpoint: quinn::Endpoint, context: Context) {
+    let local = endpoint.local_addr().ok();
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => incoming,
+            _ = context.shutdown.cancelled() => break,
+        };
+        let Some(incoming) = incoming else { break };
+        let context = context.clone();
+        let tasks = context.tasks.clone();
+        tasks.spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(connection) => connection_task(connection, context).await,
+                Err(e) => debug!(%remote, error = %e, "QUIC handshake failed"),
+            }
+        });
+    }
+    endpoint.close(0u32.into(), b"server shutting down");
+    debug!(?local, "QUIC endpoint closed");
+}
+
+async fn connection_task(connection: quinn::Connection, context: Context) {
+    let remote = connection.remote_address();
+    let id = connection.stable_id();
+    debug!(conn = id, %remote, "QUIC connection open");
+    // The connection's work runs in a child task: a panic there (h3 0.0.8 can panic when a
+    // stream is stopped while its data still arrives) surfaces here as a join error and closes
+    // only this connection.
+    let quic = connection.clone();
+    let work = tokio::spawn(handle_connection(connection, context));
+    match work.await {
+        Ok(()) => {}
+        Err(e) if e.is_panic() => {
+            warn!(conn = id, %remote, "connection task panicked; closing the connection");
+            quic.close(0x0102u32.into(), b"internal error");
+        }
+        Err(_) => {}
+    }
+    debug!(conn = id, "QUIC connection closed");
+}
+
+type H3Connection = h3::server::Connection<h3_quinn::Connection, Bytes>;
+type H3Stream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
+async fn handle_connection(connection: quinn::Connection, context: Context) {
+    let conn_id = connection.stable_id();
+    let built = h3::server::builder()
+        .enable_webtransport(true)
+        .enable_extended_connect(true)
+        .enable_datagram(true)
+        .max_webtransport_sessions(1)
+        .send_grease(true)
+        .build(h3_quinn::Connection::new(connection.clone()))
+        .await;
+    let mut h3: H3Connection = match built {
+        Ok(h3) => h3,
+        Err(e) => {
+            debug!(conn = conn_id, error = %e, "HTTP/3 set-up failed");
+            return;
+        }
+    };
+
+    // Requests are resolved in their own tasks so a slow header block cannot hold up the
+    // accept loop; a WebTransport CONNECT comes back here, because the session needs the
+    // connection itself.
+    let (connect_tx, mut connect_rx) =
+        tokio::sync::mpsc::channel::<(http::Request<()>, H3Stream)>(1);
+    loop {
+        tokio::select! {
+            accepted = h3.accept() => match accepted {
+                Ok(Some(resolver)) => {
+                    let context = context.clone();
+                    let connect_tx = connect_tx.clone();
+                    context.tasks.clone().spawn(async move {
+                        let (request, stream) = match resolver.resolve_request().await {
+                            Ok(resolved) => resolved,
+                            Err(e) => {
+                                debug!(conn = conn_id, error = %e, "invalid HTTP/3 request");
+                                return;
+                            }
+                        };
+                        if is_webtransport(&request) {
+                            let _ = connect_tx.send((request, stream)).await;
+                        } else {
+                            request::serve(request, stream, &context).await;
+                        }
+                    });
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    debug!(conn = conn_id, error = %e, "HTTP/3 connection ended");
+                    return;
+                }
+            },
+            connect = connect_rx.recv() => {
+                let Some((request, stream)) = connect else { return };
+                session::run(h3, connection, request, stream, context).await;
+                return;
+            }
+            _ = context.shutdown.cancelled() => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), h3.shutdown(0)).await;
+                return;
+            }
+        }
+    }
+}
+
+fn is_webtransport(request: &http::Request<()>) -> bool {
+    request.method() == Method::CONNECT
+        && request.extensions().get::<Protocol>() == Some(&Protocol::WEB_TRANSPORT)
+}
+
+/// Answers a CONNECT request that hubcast does not serve, on that stream only.
+pub(crate) async fn reject_connect(mut stream: H3Stream, status: StatusCode, reason: &str) {
+    let response = http::Response::builder().status(status).body(());
+    if let Ok(response) = response {
+        if stream.send_response(response).await.is_ok() {
+            let _ = stream.send_data(Bytes::from(format!("{reason}\n"))).await;
+            let _ = stream.finish().await;
+        }
+    }
+}
+
+/// Binds one endpoint.
+///
+/// # Errors
+///
+/// Returns the I/O error of binding the UDP socket.
+pub fn bind(addr: SocketAddr, config: quinn::ServerConfig) -> std::io::Result<quinn::Endpoint> {
+    let endpoint = quinn::Endpoint::server(config, addr)?;
+    info!(addr = %endpoint.local_addr()?, "listening for QUIC (HTTP/3, WebTransport)");
+    Ok(endpoint)
+}

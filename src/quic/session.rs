@@ -1,0 +1,587 @@
+//! WebTransport sessions over HTTP/3 (draft-ietf-webtrans-http3), on top of h3's internals.
+//!
+//! h3-webtransport 0.1.2 keeps the CONNECT stream to itself and never reads it, so a session
+//! whose client finishes or resets that stream, with or without a CLOSE_WEBTRANSPORT_SESSION
+//! capsule, would live on. It also numbers sessions by stream index instead of stream id and
+//! hands out buffered unidirectional streams newest first. This module therefore drives the
+//! session itself:
+//!
+//! * it watches the CONNECT stream and parses its capsules (RFC 9297), ending the session on
+//!   FIN, reset or CLOSE_WEBTRANSPORT_SESSION and freeing its subscriptions at once;
+//! * it accepts client streams oldest first, and routes plain HTTP/3 requests that arrive on a
+//!   connection owned by a session to the shared router;
+//! * it opens server streams and sends datagrams directly on the quinn connection.
+//!
+//! The first client-opened bidirectional stream is the control stream. It carries the JSON
+//! commands of [`crate::commands`], each frame a 4-byte big-endian length and the JSON text.
+//! Events go out on server-opened unidirectional streams, one per topic up to the configured
+//! cap, after which topics share them by hash, so events of one topic stay in order.
+//! Telemetry goes out as a datagram when it fits and on an event stream otherwise.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash as _, Hasher as _};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use h3::frame::FrameStream;
+use h3::proto::frame::Frame;
+use h3::stream::BufRecvStream;
+use h3::webtransport::SessionId;
+use h3::ConnectionState as _;
+use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::{mpsc, Mutex};
+use tracing::{debug, trace, warn};
+
+use super::{reject_connect, request, varint, Context, H3Connection, H3Stream, WEBTRANSPORT_PATH};
+use crate::commands::{CommandSession, Outbound};
+use crate::error::wt_code;
+use crate::hub::{Class, Delivery, Message};
+use crate::topic::Topic;
+use crate::wire;
+
+/// Limits of one WebTransport session.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionLimits {
+    /// Server-opened event streams per session. Default 8.
+    pub event_streams: usize,
+    /// Largest control or command frame, in bytes.
+    pub max_frame: usize,
+    /// Subscriptions per session. Default 64.
+    pub max_subscriptions: usize,
+}
+
+/// Stream type of a WebTransport unidirectional stream (draft-ietf-webtrans-http3, 4.2).
+const WT_UNI_STREAM: u64 = 0x54;
+/// CLOSE_WEBTRANSPORT_SESSION capsule type.
+const CAPSULE_CLOSE: u64 = 0x2843;
+/// Longest capsule hubcast buffers from the CONNECT stream; longer ones end the session.
+const MAX_CAPSULE: u64 = 64 * 1024;
+
+/// Number of sessions whose CONNECT stream is still being served, across all connections.
+pub(crate) static OPEN_SESSIONS: AtomicU64 = AtomicU64::new(0);
+
+type WtBidi = BufRecvStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+type WtRecv = BufRecvStream<h3_quinn::RecvStream, Bytes>;
+
+enum Incoming {
+    Bidi(h3_quinn::BidiStream<Bytes>),
+    Uni(SessionId, BufRecvStream<h3_quinn::RecvStream, Bytes>),
+    Closed,
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+#[allow(
+    dead_code,
+    reason = "the fields are read through Debug in the session-closed log"
+)]
+enum End {
+    ConnectFinished,
+    ConnectFailed(String),
+    Capsule { code: u32, reason: String },
+    Connection(String),
+    Control(&'static str),
+    Shutdown,
+}
+
+pub(super) async fn run(
+    mut h3: H3Connection,
+    quic: quinn::Connection,
+    request: http::Request<()>,
+    mut connect: H3Stream,
+    context: Context,
+) {
+    let conn_id = quic.stable_id();
+    if request.uri().path() != WEBTRANSPORT_PATH {
+        warn!(
+            conn = conn_id,
+            path = request.uri().path(),
+            "WebTransport session refused: unknown path"
+        );
+        reject_connect(
+            connect,
+            StatusCode::NOT_FOUND,
+            "WebTransport is served at /v1/wt",
+        )
+        .await;
+        return;
+    }
+    let settings = h3.inner.shared_state().settings();
+    // Before the client's SETTINGS arrive h3 reports defaults (an owned value); a CONNECT may
+    // overtake them (draft-ietf-webtrans-http3, 3.1), so only received SETTINGS can refuse.
+    let received = matches!(settings, std::borrow::Cow::Borrowed(_));
+    if received && (!settings.enable_webtransport() || !settings.enable_datagram()) {
+        warn!(
+            conn = conn_id,
+            webtransport = settings.enable_webtransport(),
+            datagrams = settings.enable_datagram(),
+            "WebTransport session refused: the client's SETTINGS do not enable WebTransport and datagrams"
+        );
+        reject_connect(
+            connect,
+            StatusCode::BAD_REQUEST,
+            "the client's HTTP/3 SETTINGS must enable WebTransport and HTTP datagrams",
+        )
+        .await;
+        return;
+    }
+    let response = http::Response::builder()
+        .status(StatusCode::OK)
+        .header("sec-webtransport-http3-draft", "draft02")
+        .body(());
+    let sent = match response {
+        Ok(response) => connect.send_response(response).await,
+        Err(_) => return,
+    };
+    if let Err(e) = sent {
+        debug!(conn = conn_id, error = %e, "WebTransport response failed");
+        return;
+    }
+
+    let session_id = connect.id().into_inner();
+    OPEN_SESSIONS.fetch_add(1, Ordering::Relaxed);
+    debug!(
+        conn = conn_id,
+        session = session_id,
+        "WebTransport session open"
+    );
+
+    let (connect_send, connect_recv) = connect.split();
+    let (out_tx, out_rx) = mpsc::channel::<Outbound>(64);
+    let commands = Arc::new(Mutex::new(CommandSession::new(
+        context.hub.clone(),
+        out_tx,
+        context.limits.max_subscriptions,
+    )));
+    let (control_tx, control_rx) = mpsc::channel::<tokio::io::WriteHalf<WtBidi>>(1);
+    let (end_tx, mut end_rx) = mpsc::channel::<End>(4);
+
+    let writer = tokio::spawn(write_loop(
+        quic.clone(),
+        session_id,
+        context.limits.event_streams,
+        out_rx,
+        control_rx,
+    ));
+    let datagrams = tokio::spawn(read_datagrams(
+        quic.clone(),
+        session_id,
+        commands.clone(),
+        context.hub.clone(),
+    ));
+    let watcher = tokio::spawn(watch_connect(connect_recv, end_tx.clone()));
+
+    let session = SessionStreams {
+        session_id: SessionId::try_from(session_id)
+            .unwrap_or_else(|_| SessionId::try_from(0).unwrap_or_else(|_| unreachable!())),
+        commands: commands.clone(),
+        control: Some(control_tx),
+        end: end_tx.clone(),
+        max_frame: context.limits.max_frame,
+        context: context.clone(),
+    };
+    let end = drive(&mut h3, session, &mut end_rx, &context).await;
+    debug!(conn = conn_id, session = session_id, reason = ?end, "WebTransport session closed");
+
+    // Subscriptions go first, so nothing more is queued for a peer that is leaving.
+    drop(commands);
+    watcher.abort();
+    datagrams.abort();
+    writer.abort();
+    OPEN_SESSIONS.fetch_sub(1, Ordering::Relaxed);
+
+    let mut connect_send = connect_send;
+    match end {
+        End::Shutdown => {
+            let _ = connect_send
+                .send_data(close_capsule(wt_code::SHUTDOWN, "server shutting down"))
+                .await;
+            let _ = connect_send.finish().await;
+        }
+        End::Control(reason) => {
+            let _ = connect_send
+                .send_data(close_capsule(wt_code::FRAME_TOO_LARGE, reason))
+                .await;
+            let _ = connect_send.finish().await;
+        }
+        _ => {
+            let _ = connect_send.finish().await;
+        }
+    }
+    quic.close(0u32.into(), b"WebTransport session closed");
+}
+
+/// Encodes a CLOSE_WEBTRANSPORT_SESSION capsule.
+fn close_capsule(code: u32, reason: &str) -> Bytes {
+    let reason = &reason.as_bytes()[..reason.len().min(1024)];
+    let mut out = BytesMut::new();
+    varint::put(&mut out, CAPSULE_CLOSE);
+    varint::put(&mut out, 4 + reason.len() as u64);
+    out.put_u32(code);
+    out.put_slice(reason);
+    out.freeze()
+}
+
+/// Reads the CONNECT stream until the session ends, parsing capsules as they come.
+async fn watch_connect(
+    mut recv: h3::server::RequestStream<h3_quinn::RecvStream, Bytes>,
+    end: mpsc::Sender<End>,
+) {
+    let mut buffer = BytesMut::new();
+    let outcome = loop {
+        match recv.recv_data().await {
+            Ok(Some(mut chunk)) => {
+                while chunk.has_remaining() {
+                    let part = chunk.chunk();
+                    buffer.extend_from_slice(part);
+                    let n = part.len();
+                    chunk.advance(n);
+                }
+                match parse_capsules(&mut buffer) {
+                    Ok(Some(end)) => break end,
+                    Ok(None) => {}
+                    Err(reason) => break End::ConnectFailed(reason),
+                }
+            }
+            Ok(None) => break End::ConnectFinished,
+            Err(e) => break End::ConnectFailed(e.to_string()),
+        }
+    };
+    let _ = end.send(outcome).await;
+}
+
+/// Consumes complete capsules from `buffer`; returns the end of the session on a close capsule.
+fn parse_capsules(buffer: &mut BytesMut) -> Result<Option<End>, String> {
+    loop {
+        let mut view = &buffer[..];
+        let Some(kind) = varint::get(&mut view) else {
+            return Ok(None);
+        };
+        let Some(len) = varint::get(&mut view) else {
+            return Ok(None);
+        };
+        if len > MAX_CAPSULE {
+            return Err(format!("capsule of {len} bytes exceeds {MAX_CAPSULE}"));
+        }
+        if (view.len() as u64) < len {
+            return Ok(None);
+        }
+        let header = buffer.len() - view.len();
+        let body = buffer.split_to(header + len as usize).split_off(header);
+        if kind == CAPSULE_CLOSE {
+            let mut body = &body[..];
+            let code = if body.len() >= 4 { body.get_u32() } else { 0 };
+            let reason = String::from_utf8_lossy(body).into_owned();
+            return Ok(Some(End::Capsule { code, reason }));
+        }
+        // DRAIN_WEBTRANSPORT_SESSION and unknown capsules are skipped (RFC 9297, 3.2).
+        trace!(capsule = kind, "ignored capsule");
+    }
+}
+
+struct SessionStreams {
+    session_id: SessionId,
+    commands: Arc<Mutex<CommandSession>>,
+    control: Option<mpsc::Sender<tokio::io::WriteHalf<WtBidi>>>,
+    end: mpsc::Sender<End>,
+    max_frame: usize,
+    context: Context,
+}
+
+/// Accepts the session's streams until it ends.
+async fn drive(
+    h3: &mut H3Connection,
+    mut session: SessionStreams,
+    end_rx: &mut mpsc::Receiver<End>,
+    context: &Context,
+) -> End {
+    loop {
+        let incoming = tokio::select! {
+            incoming = next_incoming(h3) => incoming,
+            end = end_rx.recv() => return end.unwrap_or(End::Connection("closed".into())),
+            _ = context.shutdown.cancelled() => return End::Shutdown,
+        };
+        match incoming {
+            Ok(Incoming::Bidi(stream)) => {
+                let resolver = h3.create_resolver(FrameStream::new(BufRecvStream::new(stream)));
+                accept_bidi(resolver, &mut session);
+            }
+            Ok(Incoming::Uni(id, stream)) => {
+                if id != session.session_id {
+                    debug!(session = ?id, "unidirectional stream for an unknown session dropped");
+                    continue;
+                }
+                let commands = session.commands.clone();
+                let max_frame = session.max_frame;
+                session
+                    .context
+                    .tasks
+                    .spawn(read_command_stream(stream, commands, max_frame));
+            }
+            Ok(Incoming::Closed) => return End::Connection("no more streams".into()),
+            Err(e) => return End::Connection(e),
+        }
+    }
+}
+
+/// Waits for the next client-opened stream, taking buffered unidirectional streams oldest first.
+async fn next_incoming(h3: &mut H3Connection) -> Result<Incoming, String> {
+    std::future::poll_fn(|cx| {
+        if let Err(e) = h3.inner.poll_accept_recv(cx) {
+            return std::task::Poll::Ready(Err(e.to_string()));
+        }
+        let buffered = &mut h3.inner.accepted_streams_mut().wt_uni_streams;
+        if !buffered.is_empty() {
+            let (id, stream) = buffered.remove(0);
+            return std::task::Poll::Ready(Ok(Incoming::Uni(id, stream)));
+        }
+        match h3.poll_accept_request_stream(cx) {
+            std::task::Poll::Ready(Ok(Some(stream))) => {
+                std::task::Poll::Ready(Ok(Incoming::Bidi(stream)))
+            }
+            std::task::Poll::Ready(Ok(None)) => std::task::Poll::Ready(Ok(Incoming::Closed)),
+            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e.to_string())),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Reads a new bidirectional stream's first frame in its own task: a WebTransport stream of
+/// this session becomes the control stream, anything else is served as an HTTP/3 request.
+fn accept_bidi(
+    mut resolver: h3::server::RequestResolver<h3_quinn::Connection, Bytes>,
+    session: &mut SessionStreams,
+) {
+    let control = session.control.take();
+    let session_id = session.session_id;
+    let commands = session.commands.clone();
+    let end = session.end.clone();
+    let max_frame = session.max_frame;
+    let context = session.context.clone();
+    session.context.tasks.spawn(async move {
+        let frame = std::future::poll_fn(|cx| resolver.frame_stream.poll_next(cx)).await;
+        match frame {
+            Ok(Some(Frame::WebTransportStream(id))) => {
+                let stream: WtBidi = resolver.frame_stream.into_inner();
+                if id != session_id {
+                    debug!(session = ?id, "bidirectional stream for an unknown session dropped");
+                    return;
+                }
+                let Some(control) = control else {
+                    let (_, mut write) = tokio::io::split(stream);
+                    let reply = crate::commands::error_reply(
+                        None,
+                        "unsupported",
+                        "a session has one control stream: send commands there",
+                    );
+                    let _ = write.write_all(&wire::length_prefixed(&reply)).await;
+                    let _ = write.shutdown().await;
+                    return;
+                };
+                let (read, write) = tokio::io::split(stream);
+                if control.send(write).await.is_err() {
+                    return;
+                }
+                let outcome = read_commands(read, &commands, max_frame).await;
+                if let Err(reason) = outcome {
+                    let _ = end.send(End::Control(reason)).await;
+                }
+            }
+            Ok(None) => {}
+            frame => {
+                let resolved = match resolver.accept_with_frame(frame) {
+                    Ok(resolved) => resolved,
+                    Err(e) => {
+                        debug!(error = %e, "invalid HTTP/3 request in a WebTransport session");
+                        return;
+                    }
+                };
+                match resolved.resolve().await {
+                    Ok((request, stream)) => request::serve(request, stream, &context).await,
+                    Err(e) => {
+                        debug!(error = %e, "invalid HTTP/3 request in a WebTransport session")
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Reads length-prefixed commands until the stream ends. A frame above `max_frame` is an error
+/// that ends the session, since the stream cannot be re-synchronised after it.
+async fn read_commands<R: AsyncRead + Unpin>(
+    mut read: R,
+    commands: &Mutex<CommandSession>,
+    max_frame: usize,
+) -> Result<(), &'static str> {
+    loop {
+        let len = match read.read_u32().await {
+            Ok(len) => len as usize,
+            Err(_) => return Ok(()),
+        };
+        if len > max_frame {
+            return Err("command frame larger than the maximum");
+        }
+        let mut frame = vec![0u8; len];
+        if read.read_exact(&mut frame).await.is_err() {
+            return Ok(());
+        }
+        if !commands.lock().await.handle(&frame, true).await {
+            return Ok(());
+        }
+    }
+}
+
+async fn read_command_stream(
+    stream: WtRecv,
+    commands: Arc<Mutex<CommandSession>>,
+    max_frame: usize,
+) {
+    if let Err(reason) = read_commands(stream, &commands, max_frame).await {
+        debug!(reason, "command stream ended");
+    }
+}
+
+/// Publishes client datagrams as telemetry: `0x00`, topic length, topic, payload; or `0x01`,
+/// a registered alias, payload. Malformed datagrams are counted and dropped.
+async fn read_datagrams(
+    quic: quinn::Connection,
+    session_id: u64,
+    commands: Arc<Mutex<CommandSession>>,
+    hub: crate::hub::Hub,
+) {
+    let quarter = session_id / 4;
+    while let Ok(datagram) = quic.read_datagram().await {
+        let mut view = &datagram[..];
+        if varint::get(&mut view) != Some(quarter) {
+            DATAGRAMS_DROPPED.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let topic = match view.first() {
+            Some(&wire::DATAGRAM_TOPIC) if view.len() >= 3 => {
+                let len = usize::from(u16::from_be_bytes([view[1], view[2]]));
+                let topic = view
+                    .get(3..3 + len)
+                    .and_then(|t| std::str::from_utf8(t).ok());
+                let parsed = topic.and_then(|t| Topic::parse(t).ok());
+                view = view.get(3 + len..).unwrap_or_default();
+                parsed
+            }
+            Some(&wire::DATAGRAM_ALIAS) if view.len() >= 3 => {
+                let alias = u16::from_be_bytes([view[1], view[2]]);
+                view = &view[3..];
+                commands.lock().await.alias(alias).cloned()
+            }
+            _ => None,
+        };
+        let Some(topic) = topic else {
+            DATAGRAMS_DROPPED.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let payload = datagram.slice_ref(view);
+        if hub.publish(topic, Class::Telemetry, None, payload).is_err() {
+            DATAGRAMS_DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Client datagrams dropped because they were malformed, named no known topic or were refused.
+pub(crate) static DATAGRAMS_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Sends replies on the control stream, events on event streams and telemetry as datagrams.
+async fn write_loop(
+    quic: quinn::Connection,
+    session_id: u64,
+    max_streams: usize,
+    mut out: mpsc::Receiver<Outbound>,
+    mut control: mpsc::Receiver<tokio::io::WriteHalf<WtBidi>>,
+) {
+    let Some(mut control) = control.recv().await else {
+        return;
+    };
+    let mut lanes: Vec<Option<quinn::SendStream>> = (0..max_streams).map(|_| None).collect();
+    let prefix = {
+        let mut p = BytesMut::new();
+        varint::put(&mut p, session_id / 4);
+        p.freeze()
+    };
+    while let Some(outbound) = out.recv().await {
+        let result = match outbound {
+            Outbound::Reply(json) => control
+                .write_all(&wire::length_prefixed(&json))
+                .await
+                .map_err(|e| e.to_string()),
+            Outbound::Delivery { sub, delivery } => match &delivery {
+                Delivery::Resync { .. } => {
+                    let json = wire::delivery_json(&delivery, Some(sub));
+                    control
+                        .write_all(&wire::length_prefixed(&json))
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                Delivery::Message(message) if message.class == Class::Telemetry => {
+                    if send_datagram(&quic, &prefix, message) {
+                        Ok(())
+                    } else {
+                        write_lane(&quic, session_id, &mut lanes, message).await
+                    }
+                }
+                Delivery::Message(message) => {
+                    write_lane(&quic, session_id, &mut lanes, message).await
+                }
+            },
+        };
+        if let Err(e) = result {
+            debug!(session = session_id, error = %e, "WebTransport write failed");
+            return;
+        }
+    }
+}
+
+/// Sends telemetry as one datagram; returns `false` when it does not fit the current maximum
+/// datagram size, so the caller sends it on a stream instead.
+fn send_datagram(quic: &quinn::Connection, prefix: &Bytes, message: &Message) -> bool {
+    let body = wire::datagram(message);
+    let Some(max) = quic.max_datagram_size() else {
+        return false;
+    };
+    if prefix.len() + body.len() > max {
+        return false;
+    }
+    let mut datagram = BytesMut::with_capacity(prefix.len() + body.len());
+    datagram.put_slice(prefix);
+    datagram.put_slice(&body);
+    // quinn drops the oldest queued datagrams when its send buffer is full, never blocking.
+    quic.send_datagram(datagram.freeze()).is_ok()
+}
+
+async fn write_lane(
+    quic: &quinn::Connection,
+    session_id: u64,
+    lanes: &mut [Option<quinn::SendStream>],
+    message: &Message,
+) -> Result<(), String> {
+    let mut hasher = DefaultHasher::new();
+    message.topic.hash(&mut hasher);
+    let index = (hasher.finish() % lanes.len() as u64) as usize;
+    if lanes[index].is_none() {
+        let mut stream = quic.open_uni().await.map_err(|e| e.to_string())?;
+        let mut header = BytesMut::new();
+        varint::put(&mut header, WT_UNI_STREAM);
+        varint::put(&mut header, session_id);
+        stream.write_all(&header).await.map_err(|e| e.to_string())?;
+        lanes[index] = Some(stream);
+    }
+    let Some(stream) = lanes[index].as_mut() else {
+        return Ok(());
+    };
+    if let Err(e) = stream.write_chunk(wire::frame(message)).await {
+        // The client stopped this stream; the next event of these topics opens a new one.
+        debug!(error = %e, "event stream closed by the client");
+        lanes[index] = None;
+    }
+    Ok(())
+}
