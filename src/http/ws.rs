@@ -23,6 +23,9 @@ use crate::wire;
 /// Capacity of the channel between the command session and the socket writer.
 const OUTBOUND_CAPACITY: usize = 64;
 
+/// How long a connection closed by the server keeps reading before the socket is dropped.
+const CLOSE_DRAIN: Duration = Duration::from_secs(2);
+
 pub(super) async fn upgrade(
     State(state): State<AppState>,
     http3: Option<axum::Extension<Http3>>,
@@ -53,6 +56,13 @@ async fn serve(socket: WebSocket, state: AppState) {
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         loop {
             let message = tokio::select! {
+                biased;
+                close = close_rx.recv() => {
+                    let (code, reason) = close.unwrap_or((close_code::GOING_AWAY, "closing"));
+                    let frame = CloseFrame { code, reason: reason.into() };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    break;
+                }
                 outbound = out_rx.recv() => match outbound {
                     Some(Outbound::Reply(json)) => {
                         Message::Text(Utf8Bytes::try_from(json).unwrap_or_default())
@@ -60,12 +70,6 @@ async fn serve(socket: WebSocket, state: AppState) {
                     Some(Outbound::Delivery { sub, delivery }) => encode(&delivery, sub),
                     None => break,
                 },
-                close = close_rx.recv() => {
-                    let (code, reason) = close.unwrap_or((close_code::GOING_AWAY, "closing"));
-                    let frame = CloseFrame { code, reason: reason.into() };
-                    let _ = sink.send(Message::Close(Some(frame))).await;
-                    break;
-                }
                 _ = ping.tick() => Message::Ping(Default::default()),
                 _ = shutdown.cancelled() => {
                     let frame = CloseFrame {
@@ -84,6 +88,7 @@ async fn serve(socket: WebSocket, state: AppState) {
 
     let mut session =
         CommandSession::new(state.hub.clone(), out_tx, state.config.max_subscriptions);
+    let mut closing = false;
     while let Some(received) = stream.next().await {
         match received {
             Ok(Message::Text(text)) => {
@@ -98,6 +103,7 @@ async fn serve(socket: WebSocket, state: AppState) {
                         "binary frames are not accepted: send JSON commands as text",
                     ))
                     .await;
+                closing = true;
                 break;
             }
             Ok(Message::Close(_)) => break,
@@ -108,6 +114,7 @@ async fn serve(socket: WebSocket, state: AppState) {
                     let _ = close_tx
                         .send((close_code::MESSAGE_TOO_BIG, "message too large"))
                         .await;
+                    closing = true;
                 }
                 break;
             }
@@ -116,6 +123,12 @@ async fn serve(socket: WebSocket, state: AppState) {
     // Dropping the session stops its subscriptions and, through the closed channel, the writer.
     drop(session);
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    if closing {
+        // Closing a socket with unread input makes the kernel send RST, which can destroy the
+        // close frame before the peer reads it; so the rest of the input is read first.
+        let drain = async { while let Some(Ok(_)) = stream.next().await {} };
+        let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
+    }
 }
 
 fn encode(delivery: &Delivery, sub: u64) -> Message {
@@ -127,7 +140,8 @@ fn encode(delivery: &Delivery, sub: u64) -> Message {
     }
 }
 
+/// Whether a read failed on the configured message size limit. axum does not re-export
+/// tungstenite's error type, so its message text is the only handle on the cause.
 fn is_capacity_error(error: &axum::Error) -> bool {
-    let text = error.to_string();
-    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Capacity")
+    error.to_string().contains("Space limit exceeded")
 }
