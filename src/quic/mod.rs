@@ -155,7 +155,7 @@ async fn handle_connection(connection: quinn::Connection, context: Context) {
                                 return;
                             }
                         };
-                        if is_webtransport(&request) {
+                        if is_webtransport(&request) && request.uri().path() == WEBTRANSPORT_PATH {
                             let _ = connect_tx.send((request, stream)).await;
                         } else {
                             request::serve(request, stream, &context).await;
@@ -170,7 +170,14 @@ async fn handle_connection(connection: quinn::Connection, context: Context) {
             },
             connect = connect_rx.recv() => {
                 let Some((request, stream)) = connect else { return };
-                session::run(h3, connection, request, stream, context).await;
+                if let Some(reason) = session::refusal(&h3) {
+                    // Browsers show only "connection rejected", so the reason goes to the log.
+                    warn!(conn = conn_id, reason, "WebTransport session refused");
+                    context.tasks.spawn(reject_connect(stream, StatusCode::BAD_REQUEST, reason));
+                    continue;
+                }
+                drop(request);
+                session::run(h3, connection, stream, context).await;
                 return;
             }
             _ = context.shutdown.cancelled() => {

@@ -19,7 +19,13 @@ pub(super) async fn serve(request: http::Request<()>, mut stream: H3Stream, cont
             .get::<h3::ext::Protocol>()
             .map(|p| p.as_str().to_owned());
         let reason = match protocol {
-            Some(p) if p == "webtransport" => "WebTransport is served at /v1/wt".to_owned(),
+            Some(p) if p == "webtransport" => {
+                tracing::warn!(
+                    path = request.uri().path(),
+                    "WebTransport session refused: unknown path"
+                );
+                "WebTransport is served at /v1/wt".to_owned()
+            }
             Some(p) => format!("unsupported :protocol {p:?}: only \"webtransport\" is served"),
             None => "CONNECT is not supported: use extended CONNECT with :protocol webtransport"
                 .to_owned(),

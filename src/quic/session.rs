@@ -32,9 +32,9 @@ use h3::ConnectionState as _;
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, Mutex};
-use tracing::{debug, trace, warn};
+use tracing::{debug, trace};
 
-use super::{reject_connect, request, varint, Context, H3Connection, H3Stream, WEBTRANSPORT_PATH};
+use super::{request, varint, Context, H3Connection, H3Stream};
 use crate::commands::{CommandSession, Outbound};
 use crate::error::wt_code;
 use crate::hub::{Class, Delivery, Message};
@@ -86,47 +86,26 @@ enum End {
     Shutdown,
 }
 
-pub(super) async fn run(
-    mut h3: H3Connection,
-    quic: quinn::Connection,
-    request: http::Request<()>,
-    mut connect: H3Stream,
-    context: Context,
-) {
-    let conn_id = quic.stable_id();
-    if request.uri().path() != WEBTRANSPORT_PATH {
-        warn!(
-            conn = conn_id,
-            path = request.uri().path(),
-            "WebTransport session refused: unknown path"
-        );
-        reject_connect(
-            connect,
-            StatusCode::NOT_FOUND,
-            "WebTransport is served at /v1/wt",
-        )
-        .await;
-        return;
-    }
+/// Returns why a session cannot open on this connection, judged by the client's SETTINGS.
+pub(super) fn refusal(h3: &H3Connection) -> Option<&'static str> {
     let settings = h3.inner.shared_state().settings();
     // Before the client's SETTINGS arrive h3 reports defaults (an owned value); a CONNECT may
     // overtake them (draft-ietf-webtrans-http3, 3.1), so only received SETTINGS can refuse.
     let received = matches!(settings, std::borrow::Cow::Borrowed(_));
     if received && (!settings.enable_webtransport() || !settings.enable_datagram()) {
-        warn!(
-            conn = conn_id,
-            webtransport = settings.enable_webtransport(),
-            datagrams = settings.enable_datagram(),
-            "WebTransport session refused: the client's SETTINGS do not enable WebTransport and datagrams"
-        );
-        reject_connect(
-            connect,
-            StatusCode::BAD_REQUEST,
-            "the client's HTTP/3 SETTINGS must enable WebTransport and HTTP datagrams",
-        )
-        .await;
-        return;
+        return Some("the client's HTTP/3 SETTINGS must enable WebTransport and HTTP datagrams");
     }
+    None
+}
+
+/// Runs one accepted WebTransport session until it ends; the connection closes with it.
+pub(super) async fn run(
+    mut h3: H3Connection,
+    quic: quinn::Connection,
+    mut connect: H3Stream,
+    context: Context,
+) {
+    let conn_id = quic.stable_id();
     let response = http::Response::builder()
         .status(StatusCode::OK)
         .header("sec-webtransport-http3-draft", "draft02")

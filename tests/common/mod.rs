@@ -19,6 +19,8 @@ use hubcast::config::Config;
 use hubcast::server::Server;
 use serde_json::Value;
 
+pub mod raw_h3;
+
 /// Upper bound of every wait in these tests.
 pub const WAIT: Duration = Duration::from_secs(10);
 
