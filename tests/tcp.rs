@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use serde_json::{json, Value};
 
@@ -423,5 +421,4 @@ async fn small_routes_answer() {
 
     let missing = reqwest::get(server.url("/../Cargo.toml")).await.unwrap();
     assert_eq!(missing.status(), 404);
-    let _ = Duration::ZERO;
 }
