@@ -74,6 +74,14 @@ pub struct Args {
     #[arg(long, value_name = "COUNT", default_value_t = 8)]
     pub wt_event_streams: usize,
 
+    /// Seconds a write may stall before the connection is closed as too slow.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub write_timeout: u64,
+
+    /// Seconds a WebSocket peer may stay silent after a heartbeat ping before it counts as gone.
+    #[arg(long, value_name = "SECONDS", default_value_t = 20)]
+    pub peer_timeout: u64,
+
     /// QUIC idle timeout, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub idle_timeout: u64,
@@ -103,6 +111,10 @@ pub struct Config {
     pub wt_event_streams: usize,
     /// QUIC idle timeout. Default 30 s; keep-alives go out at a third of it.
     pub idle_timeout: Duration,
+    /// How long a write may stall before the connection is closed as too slow. Default 30 s.
+    pub write_timeout: Duration,
+    /// How long a WebSocket peer may stay silent after a heartbeat ping. Default 20 s.
+    pub peer_timeout: Duration,
 }
 
 impl Default for Config {
@@ -147,6 +159,8 @@ impl Args {
             max_subscriptions: self.max_subscriptions,
             wt_event_streams: self.wt_event_streams.max(1),
             idle_timeout: Duration::from_secs(self.idle_timeout.max(1)),
+            write_timeout: Duration::from_secs(self.write_timeout.max(1)),
+            peer_timeout: Duration::from_secs(self.peer_timeout.max(1)),
         }
     }
 }

@@ -98,6 +98,9 @@ pub mod close_code {
     pub const UNSUPPORTED_DATA: u16 = 1003;
     /// A message was larger than the configured maximum.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The peer read too slowly: writes stalled past the write timeout. The reason names the
+    /// cursor to resume from. Codes 4000-4999 are for applications (RFC 6455, 7.4.2).
+    pub const TOO_SLOW: u16 = 4008;
 }
 
 /// WebTransport session and stream error codes sent by hubcast, as application error codes.
@@ -108,4 +111,9 @@ pub mod wt_code {
     pub const DUPLICATE_CONTROL: u32 = 0x11;
     /// The server is shutting down.
     pub const SHUTDOWN: u32 = 0x12;
+    /// The client opened more bidirectional streams than a session allows.
+    pub const STREAM_LIMIT: u32 = 0x13;
+    /// The client read too slowly: a write stalled past the write timeout. The reason names the
+    /// cursor to resume from.
+    pub const TOO_SLOW: u32 = 0x14;
 }

@@ -12,9 +12,14 @@ use tracing::{info, warn};
 
 use crate::cert::{CertError, Certificate};
 use crate::config::Config;
+use crate::http::timed::TimedListener;
 use crate::http::{router, AppState, CertInfo};
 use crate::hub::Hub;
 use crate::quic::{self, SessionLimits, WEBTRANSPORT_PATH};
+
+/// Extra time the socket-level write timeout allows beyond the configured one, so a protocol
+/// that can still say why it closes (a WebSocket close frame) gets to do so first.
+const SOCKET_TIMEOUT_MARGIN: Duration = Duration::from_secs(2);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +46,7 @@ pub struct Server {
     /// Bound UDP addresses, in configuration order.
     pub quic_addrs: Vec<SocketAddr>,
     pub cert: CertInfo,
+    pub metrics: crate::metrics::SharedMetrics,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -58,6 +64,7 @@ impl Server {
             None => Certificate::load_or_generate(&config.cert_dir)?,
         };
         let hub = Hub::new(config.hub.clone());
+        let metrics = crate::metrics::SharedMetrics::default();
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
 
@@ -124,6 +131,7 @@ impl Server {
             hub: hub.clone(),
             config: config.clone(),
             cert: Arc::new(cert_info.clone()),
+            metrics: metrics.clone(),
             shutdown: shutdown.clone(),
         };
         let alt_svc = HeaderValue::from_str(&format!("h3=\":{quic_port}\"; ma=86400")).ok();
@@ -134,6 +142,11 @@ impl Server {
             info!(addr = ?addr, "listening for HTTP/1.1 (WebSocket, SSE, polling, demo)");
             let app = app.clone();
             let token = shutdown.clone();
+            let listener = TimedListener::new(
+                listener,
+                config.write_timeout + SOCKET_TIMEOUT_MARGIN,
+                metrics.clone(),
+            );
             tasks.spawn(async move {
                 let served = axum::serve(listener, app)
                     .with_graceful_shutdown(token.cancelled_owned())
@@ -153,6 +166,8 @@ impl Server {
                 max_subscriptions: config.max_subscriptions,
             },
             max_body: config.hub.max_payload_bytes,
+            write_timeout: config.write_timeout,
+            metrics: metrics.clone(),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
         };
@@ -179,6 +194,7 @@ impl Server {
             http_addrs,
             quic_addrs,
             cert: cert_info,
+            metrics,
             shutdown,
             tasks,
         })

@@ -41,6 +41,8 @@ pub struct Encoded {
     sse_raw: OnceLock<Bytes>,
     sse_json: OnceLock<Bytes>,
     ws_text: OnceLock<axum::extract::ws::Utf8Bytes>,
+    /// The datagram behind a one-byte prefix, cached for the prefix of session 0.
+    datagram_session0: OnceLock<Bytes>,
 }
 
 #[derive(Serialize)]
@@ -157,6 +159,24 @@ pub fn datagram(message: &Message) -> Bytes {
             out.freeze()
         })
         .clone()
+}
+
+/// The datagram of a message behind `prefix`, the HTTP/3 quarter stream id of its session.
+/// Nearly every session is the first request of its connection, whose prefix is `0x00`; that
+/// form is cached, any other is copied per session.
+pub fn prefixed_datagram(message: &Message, prefix: &[u8]) -> Bytes {
+    let build = || {
+        let body = datagram(message);
+        let mut out = BytesMut::with_capacity(prefix.len() + body.len());
+        out.put_slice(prefix);
+        out.put_slice(&body);
+        out.freeze()
+    };
+    if prefix == [0] {
+        message.encoded.datagram_session0.get_or_init(build).clone()
+    } else {
+        build()
+    }
 }
 
 /// Raw SSE event of a message.

@@ -8,6 +8,7 @@ mod poll;
 mod publish;
 mod sse;
 mod static_files;
+pub mod timed;
 mod ws;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub struct AppState {
     pub hub: Hub,
     pub config: Arc<Config>,
     pub cert: Arc<CertInfo>,
+    pub metrics: crate::metrics::SharedMetrics,
     /// Cancelled when the server shuts down; long-lived responses end on it.
     pub shutdown: CancellationToken,
 }
@@ -58,6 +60,7 @@ pub fn router(state: AppState, alt_svc: Option<HeaderValue>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/cert-hash", get(cert_hash))
+        .route("/metrics", get(metrics))
         .route("/v1/publish", post(publish::publish))
         .route("/v1/events", get(sse::events))
         .route("/v1/poll", get(poll::poll))
@@ -70,6 +73,14 @@ pub fn router(state: AppState, alt_svc: Option<HeaderValue>) -> Router {
 
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(&state.hub),
+    )
+        .into_response()
 }
 
 async fn cert_hash(State(state): State<AppState>) -> Json<CertInfo> {

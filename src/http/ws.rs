@@ -16,8 +16,10 @@ use tokio::sync::mpsc;
 
 use super::{AppState, Http3};
 use crate::commands::{CommandSession, Outbound};
+use crate::cursor::Cursor;
 use crate::error::close_code;
 use crate::hub::Delivery;
+use crate::metrics::Metrics;
 use crate::wire;
 
 /// Capacity of the channel between the command session and the socket writer.
@@ -50,10 +52,14 @@ async fn serve(socket: WebSocket, state: AppState) {
     let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(OUTBOUND_CAPACITY);
     let (close_tx, mut close_rx) = mpsc::channel::<(u16, &'static str)>(1);
     let heartbeat = state.config.heartbeat;
+    let write_timeout = state.config.write_timeout;
     let shutdown = state.shutdown.clone();
+    let metrics = state.metrics.clone();
 
     let writer = tokio::spawn(async move {
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        let mut last_cursor: Option<Cursor> = None;
+        let mut pending_cursor: Option<Cursor> = None;
         loop {
             let message = tokio::select! {
                 biased;
@@ -67,7 +73,10 @@ async fn serve(socket: WebSocket, state: AppState) {
                     Some(Outbound::Reply(json)) => {
                         Message::Text(Utf8Bytes::try_from(json).unwrap_or_default())
                     }
-                    Some(Outbound::Delivery { sub, delivery }) => encode(&delivery, sub),
+                    Some(Outbound::Delivery { sub, delivery }) => {
+                        pending_cursor = delivery_cursor(&delivery);
+                        encode(&delivery, sub)
+                    }
                     None => break,
                 },
                 _ = ping.tick() => Message::Ping(Default::default()),
@@ -80,8 +89,30 @@ async fn serve(socket: WebSocket, state: AppState) {
                     break;
                 }
             };
-            if sink.send(message).await.is_err() {
-                break;
+            match tokio::time::timeout(write_timeout, sink.send(message)).await {
+                Ok(Ok(())) => {
+                    if let Some(cursor) = pending_cursor.take() {
+                        last_cursor = Some(cursor);
+                    }
+                }
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    // The peer reads too slowly. A close frame reaches it only if it is still
+                    // reading at all, so sending one is bounded too.
+                    Metrics::add(&metrics.disconnected_slow);
+                    let reason = match last_cursor {
+                        Some(cursor) => format!("too slow: resume from cursor {cursor}"),
+                        None => "too slow".to_owned(),
+                    };
+                    tracing::debug!(%reason, "closing slow WebSocket");
+                    let frame = CloseFrame {
+                        code: close_code::TOO_SLOW,
+                        reason: reason.into(),
+                    };
+                    let close = sink.send(Message::Close(Some(frame)));
+                    let _ = tokio::time::timeout(CLOSE_DRAIN, close).await;
+                    break;
+                }
             }
         }
     });
@@ -89,7 +120,15 @@ async fn serve(socket: WebSocket, state: AppState) {
     let mut session =
         CommandSession::new(state.hub.clone(), out_tx, state.config.max_subscriptions);
     let mut closing = false;
-    while let Some(received) = stream.next().await {
+    // A live peer answers every heartbeat ping, so silence this long means it is gone.
+    let silence = heartbeat + state.config.peer_timeout;
+    loop {
+        let Ok(received) = tokio::time::timeout(silence, stream.next()).await else {
+            Metrics::add(&state.metrics.disconnected_dead);
+            tracing::debug!("WebSocket peer silent past the heartbeat timeout; closing");
+            break;
+        };
+        let Some(received) = received else { break };
         match received {
             Ok(Message::Text(text)) => {
                 if !session.handle(text.as_bytes(), false).await {
@@ -128,6 +167,14 @@ async fn serve(socket: WebSocket, state: AppState) {
         // close frame before the peer reads it; so the rest of the input is read first.
         let drain = async { while let Some(Ok(_)) = stream.next().await {} };
         let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
+    }
+}
+
+/// Cursor a client can resume from once this delivery has been sent.
+fn delivery_cursor(delivery: &Delivery) -> Option<Cursor> {
+    match delivery {
+        Delivery::Message(message) => message.cursor,
+        Delivery::Resync { cursor, .. } => Some(*cursor),
     }
 }
 

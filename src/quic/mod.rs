@@ -36,6 +36,9 @@ pub(crate) struct Context {
     pub router: Router,
     pub limits: SessionLimits,
     pub max_body: usize,
+    /// How long a stream write may stall before the peer counts as too slow.
+    pub write_timeout: Duration,
+    pub metrics: crate::metrics::SharedMetrics,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
 }

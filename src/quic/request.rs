@@ -99,8 +99,16 @@ pub(super) async fn serve(request: http::Request<()>, mut stream: H3Stream, cont
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else { return };
         if let Ok(data) = frame.into_data() {
-            if stream.send_data(data).await.is_err() {
-                return;
+            match tokio::time::timeout(context.write_timeout, stream.send_data(data)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    // The client stopped reading: its flow-control window stays closed.
+                    crate::metrics::Metrics::add(&context.metrics.disconnected_slow);
+                    debug!("HTTP/3 response stalled past the write timeout; resetting it");
+                    stream.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+                    return;
+                }
             }
         }
     }

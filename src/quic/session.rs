@@ -20,8 +20,9 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash as _, Hasher as _};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use h3::frame::FrameStream;
@@ -36,8 +37,10 @@ use tracing::{debug, trace};
 
 use super::{request, varint, Context, H3Connection, H3Stream};
 use crate::commands::{CommandSession, Outbound};
+use crate::cursor::Cursor;
 use crate::error::wt_code;
 use crate::hub::{Class, Delivery, Message};
+use crate::metrics::{Metrics, SharedMetrics};
 use crate::topic::Topic;
 use crate::wire;
 
@@ -56,11 +59,13 @@ pub struct SessionLimits {
 const WT_UNI_STREAM: u64 = 0x54;
 /// CLOSE_WEBTRANSPORT_SESSION capsule type.
 const CAPSULE_CLOSE: u64 = 0x2843;
+/// How long a closing session waits for its close capsule to be sent.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Bidirectional streams a session may open besides its control stream before it is closed.
+/// h3 0.0.8 keeps the id of every such stream for the life of the connection.
+const MAX_EXTRA_BIDI: usize = 16;
 /// Longest capsule hubcast buffers from the CONNECT stream; longer ones end the session.
 const MAX_CAPSULE: u64 = 64 * 1024;
-
-/// Number of sessions whose CONNECT stream is still being served, across all connections.
-pub(crate) static OPEN_SESSIONS: AtomicU64 = AtomicU64::new(0);
 
 type WtBidi = BufRecvStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 type WtRecv = BufRecvStream<h3_quinn::RecvStream, Bytes>;
@@ -80,9 +85,16 @@ enum Incoming {
 enum End {
     ConnectFinished,
     ConnectFailed(String),
-    Capsule { code: u32, reason: String },
+    Capsule {
+        code: u32,
+        reason: String,
+    },
     Connection(String),
     Control(&'static str),
+    /// The client opened more bidirectional streams than a session allows.
+    StreamLimit,
+    /// A write stalled past the write timeout; every event up to this cursor was written.
+    TooSlow(Option<Cursor>),
     Shutdown,
 }
 
@@ -120,7 +132,10 @@ pub(super) async fn run(
     }
 
     let session_id = connect.id().into_inner();
-    OPEN_SESSIONS.fetch_add(1, Ordering::Relaxed);
+    context
+        .metrics
+        .sessions_open
+        .fetch_add(1, Ordering::Relaxed);
     debug!(
         conn = conn_id,
         session = session_id,
@@ -137,18 +152,26 @@ pub(super) async fn run(
     let (control_tx, control_rx) = mpsc::channel::<tokio::io::WriteHalf<WtBidi>>(1);
     let (end_tx, mut end_rx) = mpsc::channel::<End>(4);
 
-    let writer = tokio::spawn(write_loop(
-        quic.clone(),
+    let prefix = {
+        let mut p = BytesMut::new();
+        varint::put(&mut p, session_id / 4);
+        p.freeze()
+    };
+    let writer = Writer {
+        quic: quic.clone(),
         session_id,
-        context.limits.event_streams,
-        out_rx,
-        control_rx,
-    ));
+        prefix,
+        lanes: (0..context.limits.event_streams).map(|_| None).collect(),
+        write_timeout: context.write_timeout,
+        metrics: context.metrics.clone(),
+        last_cursor: None,
+    };
+    let writer = tokio::spawn(write_loop(writer, out_rx, control_rx, end_tx.clone()));
     let datagrams = tokio::spawn(read_datagrams(
         quic.clone(),
         session_id,
         commands.clone(),
-        context.hub.clone(),
+        context.clone(),
     ));
     let watcher = tokio::spawn(watch_connect(connect_recv, end_tx.clone()));
 
@@ -157,6 +180,7 @@ pub(super) async fn run(
             .unwrap_or_else(|_| SessionId::try_from(0).unwrap_or_else(|_| unreachable!())),
         commands: commands.clone(),
         control: Some(control_tx),
+        extra_bidi: Arc::new(AtomicUsize::new(0)),
         end: end_tx.clone(),
         max_frame: context.limits.max_frame,
         context: context.clone(),
@@ -169,7 +193,10 @@ pub(super) async fn run(
     watcher.abort();
     datagrams.abort();
     writer.abort();
-    OPEN_SESSIONS.fetch_sub(1, Ordering::Relaxed);
+    context
+        .metrics
+        .sessions_open
+        .fetch_sub(1, Ordering::Relaxed);
 
     let mut connect_send = connect_send;
     match end {
@@ -184,6 +211,29 @@ pub(super) async fn run(
                 .send_data(close_capsule(wt_code::FRAME_TOO_LARGE, reason))
                 .await;
             let _ = connect_send.finish().await;
+        }
+        End::StreamLimit => {
+            let reason = "too many bidirectional streams: a session has one control stream";
+            let _ = connect_send
+                .send_data(close_capsule(wt_code::STREAM_LIMIT, reason))
+                .await;
+            let _ = connect_send.finish().await;
+        }
+        End::TooSlow(cursor) => {
+            let reason = match cursor {
+                Some(cursor) => format!("too slow: resume from cursor {cursor}"),
+                None => "too slow".to_owned(),
+            };
+            // The CONNECT stream has flow control of its own, so the reason still gets through
+            // when the event streams are stuck; the wait for it is bounded all the same.
+            let close = async {
+                let _ = connect_send
+                    .send_data(close_capsule(wt_code::TOO_SLOW, &reason))
+                    .await;
+                let _ = connect_send.finish().await;
+            };
+            let _ = tokio::time::timeout(CLOSE_GRACE, close).await;
+            tokio::time::sleep(CLOSE_GRACE.min(Duration::from_millis(200))).await;
         }
         _ => {
             let _ = connect_send.finish().await;
@@ -264,6 +314,8 @@ struct SessionStreams {
     session_id: SessionId,
     commands: Arc<Mutex<CommandSession>>,
     control: Option<mpsc::Sender<tokio::io::WriteHalf<WtBidi>>>,
+    /// Bidirectional WebTransport streams opened besides the control stream.
+    extra_bidi: Arc<AtomicUsize>,
     end: mpsc::Sender<End>,
     max_frame: usize,
     context: Context,
@@ -338,6 +390,7 @@ fn accept_bidi(
     let session_id = session.session_id;
     let commands = session.commands.clone();
     let end = session.end.clone();
+    let extra_bidi = session.extra_bidi.clone();
     let max_frame = session.max_frame;
     let context = session.context.clone();
     session.context.tasks.spawn(async move {
@@ -350,6 +403,11 @@ fn accept_bidi(
                     return;
                 }
                 let Some(control) = control else {
+                    if extra_bidi.fetch_add(1, Ordering::Relaxed) >= MAX_EXTRA_BIDI {
+                        Metrics::add(&context.metrics.sessions_stream_limit);
+                        let _ = end.send(End::StreamLimit).await;
+                        return;
+                    }
                     let (_, mut write) = tokio::io::split(stream);
                     let reply = crate::commands::error_reply(
                         None,
@@ -430,13 +488,14 @@ async fn read_datagrams(
     quic: quinn::Connection,
     session_id: u64,
     commands: Arc<Mutex<CommandSession>>,
-    hub: crate::hub::Hub,
+    context: Context,
 ) {
     let quarter = session_id / 4;
+    let dropped = || Metrics::add(&context.metrics.datagrams_dropped);
     while let Ok(datagram) = quic.read_datagram().await {
         let mut view = &datagram[..];
         if varint::get(&mut view) != Some(quarter) {
-            DATAGRAMS_DROPPED.fetch_add(1, Ordering::Relaxed);
+            dropped();
             continue;
         }
         let topic = match view.first() {
@@ -457,110 +516,151 @@ async fn read_datagrams(
             _ => None,
         };
         let Some(topic) = topic else {
-            DATAGRAMS_DROPPED.fetch_add(1, Ordering::Relaxed);
+            dropped();
             continue;
         };
         let payload = datagram.slice_ref(view);
-        if hub.publish(topic, Class::Telemetry, None, payload).is_err() {
-            DATAGRAMS_DROPPED.fetch_add(1, Ordering::Relaxed);
+        if context
+            .hub
+            .publish(topic, Class::Telemetry, None, payload)
+            .is_err()
+        {
+            dropped();
         }
     }
 }
 
-/// Client datagrams dropped because they were malformed, named no known topic or were refused.
-pub(crate) static DATAGRAMS_DROPPED: AtomicU64 = AtomicU64::new(0);
-
 /// Sends replies on the control stream, events on event streams and telemetry as datagrams.
-async fn write_loop(
+struct Writer {
     quic: quinn::Connection,
     session_id: u64,
-    max_streams: usize,
+    /// Quarter stream id that starts every datagram of this session (RFC 9297, 2.1).
+    prefix: Bytes,
+    lanes: Vec<Option<quinn::SendStream>>,
+    write_timeout: Duration,
+    metrics: SharedMetrics,
+    /// Cursor of the last event fully written, reported when the peer is too slow.
+    last_cursor: Option<Cursor>,
+}
+
+/// Why the writer stopped.
+enum WriteError {
+    Failed(String),
+    Stalled,
+}
+
+async fn write_loop(
+    mut writer: Writer,
     mut out: mpsc::Receiver<Outbound>,
     mut control: mpsc::Receiver<tokio::io::WriteHalf<WtBidi>>,
+    end: mpsc::Sender<End>,
 ) {
     let Some(mut control) = control.recv().await else {
         return;
     };
-    let mut lanes: Vec<Option<quinn::SendStream>> = (0..max_streams).map(|_| None).collect();
-    let prefix = {
-        let mut p = BytesMut::new();
-        varint::put(&mut p, session_id / 4);
-        p.freeze()
-    };
+    let write_timeout = writer.write_timeout;
     while let Some(outbound) = out.recv().await {
-        let result = match outbound {
-            Outbound::Reply(json) => control
-                .write_all(&wire::length_prefixed(&json))
-                .await
-                .map_err(|e| e.to_string()),
-            Outbound::Delivery { sub, delivery } => match &delivery {
-                Delivery::Resync { .. } => {
-                    let json = wire::delivery_json(&delivery, Some(sub));
-                    control
-                        .write_all(&wire::length_prefixed(&json))
-                        .await
-                        .map_err(|e| e.to_string())
-                }
-                Delivery::Message(message) if message.class == Class::Telemetry => {
-                    if send_datagram(&quic, &prefix, message) {
-                        Ok(())
-                    } else {
-                        write_lane(&quic, session_id, &mut lanes, message).await
-                    }
-                }
-                Delivery::Message(message) => {
-                    write_lane(&quic, session_id, &mut lanes, message).await
-                }
-            },
+        let write = writer.write(&mut control, outbound);
+        let result = match tokio::time::timeout(write_timeout, write).await {
+            Ok(result) => result,
+            Err(_) => Err(WriteError::Stalled),
         };
-        if let Err(e) = result {
-            debug!(session = session_id, error = %e, "WebTransport write failed");
-            return;
+        match result {
+            Ok(()) => {}
+            Err(WriteError::Stalled) => {
+                Metrics::add(&writer.metrics.disconnected_slow);
+                let _ = end.send(End::TooSlow(writer.last_cursor)).await;
+                return;
+            }
+            Err(WriteError::Failed(e)) => {
+                debug!(session = writer.session_id, error = %e, "WebTransport write failed");
+                let _ = end.send(End::Connection(e)).await;
+                return;
+            }
         }
     }
 }
 
-/// Sends telemetry as one datagram; returns `false` when it does not fit the current maximum
-/// datagram size, so the caller sends it on a stream instead.
-fn send_datagram(quic: &quinn::Connection, prefix: &Bytes, message: &Message) -> bool {
-    let body = wire::datagram(message);
-    let Some(max) = quic.max_datagram_size() else {
-        return false;
-    };
-    if prefix.len() + body.len() > max {
-        return false;
+impl Writer {
+    async fn write(
+        &mut self,
+        control: &mut tokio::io::WriteHalf<WtBidi>,
+        outbound: Outbound,
+    ) -> Result<(), WriteError> {
+        let failed = |e: std::io::Error| WriteError::Failed(e.to_string());
+        match outbound {
+            Outbound::Reply(json) => control
+                .write_all(&wire::length_prefixed(&json))
+                .await
+                .map_err(failed),
+            Outbound::Delivery { sub, delivery } => match &delivery {
+                Delivery::Resync { cursor, .. } => {
+                    let json = wire::delivery_json(&delivery, Some(sub));
+                    control
+                        .write_all(&wire::length_prefixed(&json))
+                        .await
+                        .map_err(failed)?;
+                    self.last_cursor = Some(*cursor);
+                    Ok(())
+                }
+                Delivery::Message(message) if message.class == Class::Telemetry => {
+                    if self.send_datagram(message) {
+                        return Ok(());
+                    }
+                    Metrics::add(&self.metrics.datagrams_oversized);
+                    self.write_lane(message).await
+                }
+                Delivery::Message(message) => {
+                    self.write_lane(message).await?;
+                    if message.cursor.is_some() {
+                        self.last_cursor = message.cursor;
+                    }
+                    Ok(())
+                }
+            },
+        }
     }
-    let mut datagram = BytesMut::with_capacity(prefix.len() + body.len());
-    datagram.put_slice(prefix);
-    datagram.put_slice(&body);
-    // quinn drops the oldest queued datagrams when its send buffer is full, never blocking.
-    quic.send_datagram(datagram.freeze()).is_ok()
-}
 
-async fn write_lane(
-    quic: &quinn::Connection,
-    session_id: u64,
-    lanes: &mut [Option<quinn::SendStream>],
-    message: &Message,
-) -> Result<(), String> {
-    let mut hasher = DefaultHasher::new();
-    message.topic.hash(&mut hasher);
-    let index = (hasher.finish() % lanes.len() as u64) as usize;
-    if lanes[index].is_none() {
-        let mut stream = quic.open_uni().await.map_err(|e| e.to_string())?;
-        let mut header = BytesMut::new();
-        varint::put(&mut header, WT_UNI_STREAM);
-        varint::put(&mut header, session_id);
-        stream.write_all(&header).await.map_err(|e| e.to_string())?;
-        lanes[index] = Some(stream);
+    /// Sends telemetry as one datagram; returns `false` when it does not fit the current
+    /// maximum datagram size, so the caller sends it on a stream instead.
+    fn send_datagram(&self, message: &Message) -> bool {
+        let datagram = wire::prefixed_datagram(message, &self.prefix);
+        let Some(max) = self.quic.max_datagram_size() else {
+            return false;
+        };
+        if datagram.len() > max {
+            return false;
+        }
+        // quinn drops the oldest queued datagrams when its send buffer is full, never blocking.
+        let sent = self.quic.send_datagram(datagram).is_ok();
+        if sent {
+            Metrics::add(&self.metrics.datagrams_sent);
+        }
+        sent
     }
-    let Some(stream) = lanes[index].as_mut() else {
-        return Ok(());
-    };
-    if let Err(e) = stream.write_chunk(wire::frame(message)).await {
-        // The client stopped this stream; the next event of these topics opens a new one.
-        debug!(error = %e, "event stream closed by the client");
-        lanes[index] = None;
+
+    async fn write_lane(&mut self, message: &Message) -> Result<(), WriteError> {
+        let mut hasher = DefaultHasher::new();
+        message.topic.hash(&mut hasher);
+        let index = (hasher.finish() % self.lanes.len() as u64) as usize;
+        if self.lanes[index].is_none() {
+            let opened = self.quic.open_uni().await;
+            let mut stream = opened.map_err(|e| WriteError::Failed(e.to_string()))?;
+            let mut header = BytesMut::new();
+            varint::put(&mut header, WT_UNI_STREAM);
+            varint::put(&mut header, self.session_id);
+            let written = stream.write_all(&header).await;
+            written.map_err(|e| WriteError::Failed(e.to_string()))?;
+            self.lanes[index] = Some(stream);
+        }
+        let Some(stream) = self.lanes[index].as_mut() else {
+            return Ok(());
+        };
+        if let Err(e) = stream.write_chunk(wire::frame(message)).await {
+            // The client stopped this stream; the next event of these topics opens a new one.
+            debug!(error = %e, "event stream closed by the client");
+            self.lanes[index] = None;
+        }
+        Ok(())
     }
-    Ok(())
 }
