@@ -57,6 +57,7 @@ impl axum::serve::Listener for TimedListener {
                             timeout: self.write_timeout,
                             deadline: None,
                             metrics: self.metrics.clone(),
+                            counted: false,
                         },
                         addr,
                     );
@@ -82,9 +83,18 @@ pub struct TimedStream {
     /// Set while a write is pending: when it fires, the write fails.
     deadline: Option<Pin<Box<Sleep>>>,
     metrics: SharedMetrics,
+    /// Whether this connection was already counted as too slow.
+    counted: bool,
 }
 
 impl TimedStream {
+    fn count_slow(&mut self) {
+        if !self.counted {
+            self.counted = true;
+            Metrics::add(&self.metrics.disconnected_slow);
+        }
+    }
+
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         let timeout = self.timeout;
         let deadline = self
@@ -92,7 +102,7 @@ impl TimedStream {
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(Instant::now() + timeout)));
         match deadline.as_mut().poll(cx) {
             Poll::Ready(()) => {
-                Metrics::add(&self.metrics.disconnected_slow);
+                self.count_slow();
                 debug!(peer = ?self.inner.peer_addr().ok(), "write stalled; closing the connection");
                 Poll::Ready(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -111,6 +121,11 @@ impl TimedStream {
         match result {
             Poll::Ready(done) => {
                 self.deadline = None;
+                // The kernel reports TCP_USER_TIMEOUT, which also covers a receive window
+                // that stays closed, as ETIMEDOUT.
+                if matches!(&done, Err(e) if e.kind() == io::ErrorKind::TimedOut) {
+                    self.count_slow();
+                }
                 Poll::Ready(done)
             }
             Poll::Pending => match self.poll_deadline(cx) {
@@ -129,7 +144,12 @@ impl AsyncRead for TimedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        // An aborted connection may first show up on a read, when no write is pending.
+        if matches!(&result, Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::TimedOut) {
+            self.count_slow();
+        }
+        result
     }
 }
 

@@ -56,7 +56,7 @@ async fn serve(socket: WebSocket, state: AppState) {
     let shutdown = state.shutdown.clone();
     let metrics = state.metrics.clone();
 
-    let writer = tokio::spawn(async move {
+    let mut writer = tokio::spawn(async move {
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         let mut last_cursor: Option<Cursor> = None;
         let mut pending_cursor: Option<Cursor> = None;
@@ -122,8 +122,19 @@ async fn serve(socket: WebSocket, state: AppState) {
     let mut closing = false;
     // A live peer answers every heartbeat ping, so silence this long means it is gone.
     let silence = heartbeat + state.config.peer_timeout;
+    let mut writer_done = false;
     loop {
-        let Ok(received) = tokio::time::timeout(silence, stream.next()).await else {
+        let read = tokio::time::timeout(silence, stream.next());
+        let read = tokio::select! {
+            read = read => read,
+            // The writer stops on a slow peer, a failed write or shutdown; the connection ends
+            // with it, so its subscriptions are freed now, not when the peer next speaks.
+            _ = &mut writer => {
+                writer_done = true;
+                break;
+            }
+        };
+        let Ok(received) = read else {
             Metrics::add(&state.metrics.disconnected_dead);
             tracing::debug!("WebSocket peer silent past the heartbeat timeout; closing");
             break;
@@ -161,7 +172,9 @@ async fn serve(socket: WebSocket, state: AppState) {
     }
     // Dropping the session stops its subscriptions and, through the closed channel, the writer.
     drop(session);
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    if !writer_done {
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    }
     if closing {
         // Closing a socket with unread input makes the kernel send RST, which can destroy the
         // close frame before the peer reads it; so the rest of the input is read first.
