@@ -175,7 +175,9 @@ impl CommandSession {
                     .subscriptions
                     .remove(&sub)
                     .ok_or(RequestError::UnknownSubscription(sub))?;
+                // Once the aborted task has ended, nothing of this subscription follows the reply.
                 task.abort();
+                let _ = task.await;
                 Ok(Some(to_json(&Reply {
                     sub: Some(sub),
                     ..Reply::new("unsubscribed", id)
@@ -250,9 +252,14 @@ impl CommandSession {
 
         let sub = self.next_sub;
         self.next_sub += 1;
+        // The cursor of the reply is where the subscription starts: the client's own cursor when
+        // it resumes in this epoch, the newest event otherwise.
+        let start = cursor
+            .filter(|c| c.epoch == self.hub.epoch())
+            .unwrap_or_else(|| self.hub.head());
         let reply = to_json(&Reply {
             sub: Some(sub),
-            cursor: Some(self.hub.head().to_string()),
+            cursor: Some(start.to_string()),
             ..Reply::new("subscribed", id)
         });
         // The reply enters the channel before the forwarding task starts, so it precedes every

@@ -58,7 +58,7 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     pub queue_bytes: usize,
 
-    /// Seconds between SSE comment heartbeats.
+    /// Seconds between heartbeats: SSE comments and WebSocket pings.
     #[arg(long, value_name = "SECONDS", default_value_t = 15)]
     pub heartbeat: u64,
 
@@ -101,7 +101,7 @@ pub struct Config {
     pub cert_dir: PathBuf,
     pub web_dir: PathBuf,
     pub hub: HubConfig,
-    /// Interval of SSE comment heartbeats. Default 15 s.
+    /// Interval of SSE comment heartbeats and WebSocket pings. Default 15 s.
     pub heartbeat: Duration,
     /// Cap of a long poll's wait. Default 30 s.
     pub poll_max_timeout: Duration,

@@ -52,6 +52,7 @@ impl RequestError {
             }
             Self::Publish(PublishError::InvalidName { .. }) => "invalid_event_name",
             Self::Subscribe(SubscribeError::CursorAhead { .. }) => "invalid_cursor",
+            Self::Subscribe(SubscribeError::TooManyFilters { .. }) => "limit_exceeded",
             Self::Subscribe(_) => "invalid_filter",
             Self::LimitExceeded(_) => "limit_exceeded",
             Self::Unsupported(_) => "unsupported",
@@ -65,7 +66,9 @@ impl RequestError {
             Self::Publish(PublishError::PayloadTooLarge { .. }) | Self::BodyTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            Self::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::LimitExceeded(_) | Self::Subscribe(SubscribeError::TooManyFilters { .. }) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::UnknownSubscription(_) => StatusCode::NOT_FOUND,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -107,8 +110,6 @@ pub mod close_code {
 pub mod wt_code {
     /// A control-stream frame was longer than the configured maximum.
     pub const FRAME_TOO_LARGE: u32 = 0x10;
-    /// A second control stream was opened.
-    pub const DUPLICATE_CONTROL: u32 = 0x11;
     /// The server is shutting down.
     pub const SHUTDOWN: u32 = 0x12;
     /// The client opened more bidirectional streams than a session allows.

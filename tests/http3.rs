@@ -341,3 +341,78 @@ async fn session_without_webtransport_settings_is_refused() {
         400
     );
 }
+
+#[tokio::test]
+async fn oversized_control_frame_sends_close_capsule() {
+    let server = TestServer::start_with(|c| c.hub.max_payload_bytes = 100).await;
+    let (_endpoint, quic) = quic_connect(&server).await.unwrap();
+    let _control = send_client_settings(&quic).await.unwrap();
+    let (_send, mut recv, mut control_send, _control_recv) = raw_session(&server, &quic).await;
+    control_send
+        .write_all(&(1u32 << 30).to_be_bytes())
+        .await
+        .unwrap();
+    let data = within("close capsule", read_data_frame(&mut recv))
+        .await
+        .unwrap()
+        .expect("a DATA frame before the CONNECT stream ends");
+    // CLOSE_WEBTRANSPORT_SESSION (0x2843 as a 2-byte varint is 0x68 0x43), then the length,
+    // the 32-bit code 0x10 and the reason.
+    assert_eq!(&data[..2], &[0x68, 0x43]);
+    assert_eq!(&data[3..7], &0x10u32.to_be_bytes());
+    let reason = String::from_utf8_lossy(&data[7..]);
+    assert!(reason.contains("larger than the maximum"), "{reason}");
+    server.wait_subscribers(0).await;
+}
+
+#[tokio::test]
+async fn request_before_control_stream_keeps_session() {
+    let server = TestServer::start().await;
+    let (_endpoint, quic) = quic_connect(&server).await.unwrap();
+    let _control = send_client_settings(&quic).await.unwrap();
+    let (send, mut recv) = send_headers(&quic, &connect_headers("webtransport", "/v1/wt"))
+        .await
+        .unwrap();
+    assert_eq!(
+        within("CONNECT", read_status(&mut recv)).await.unwrap(),
+        200
+    );
+
+    // A plain request on the session's connection is served and takes no control slot.
+    let (mut get, mut get_recv) = send_headers(
+        &quic,
+        &[
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":authority", "localhost"),
+            (":path", "/healthz"),
+        ],
+    )
+    .await
+    .unwrap();
+    get.finish().unwrap();
+    assert_eq!(
+        within("healthz", read_status(&mut get_recv)).await.unwrap(),
+        200
+    );
+
+    // A second session on the same connection is refused with a reason.
+    let (_again, mut again_recv) = send_headers(&quic, &connect_headers("webtransport", "/v1/wt"))
+        .await
+        .unwrap();
+    assert_eq!(
+        within("second CONNECT", read_status(&mut again_recv))
+            .await
+            .unwrap(),
+        400
+    );
+
+    // The control stream still works.
+    let (mut control_send, mut control_recv) =
+        open_wt_bidi(&quic, u64::from(send.id())).await.unwrap();
+    send_json(&mut control_send, &json!({"op": "ping", "id": 1}))
+        .await
+        .unwrap();
+    let reply = within("pong", read_json(&mut control_recv)).await.unwrap();
+    assert_eq!(reply["op"], "pong");
+}

@@ -248,3 +248,23 @@ async fn closing_session_frees_subscriptions() {
     client.connection.close(0u32.into(), b"bye");
     server.wait_subscribers(0).await;
 }
+
+#[tokio::test]
+async fn each_topic_gets_its_own_stream_while_free() {
+    let server = TestServer::start().await;
+    let mut client = WtClient::connect(&server).await.unwrap();
+    subscribe(&mut client, &["own/+"]).await;
+    server.publish("own/a", "1").await;
+    server.publish("own/b", "2").await;
+    let mut first = within("first stream", client.connection.accept_uni())
+        .await
+        .unwrap();
+    let mut second = within("second stream", client.connection.accept_uni())
+        .await
+        .unwrap();
+    let a = within("frame", read_frame(&mut first)).await.unwrap();
+    let b = within("frame", read_frame(&mut second)).await.unwrap();
+    let mut topics = [a["topic"].as_str().unwrap(), b["topic"].as_str().unwrap()];
+    topics.sort();
+    assert_eq!(topics, ["own/a", "own/b"]);
+}

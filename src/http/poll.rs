@@ -47,9 +47,9 @@ pub(super) async fn poll(
     }
     .min(state.config.poll_max_timeout);
 
-    let mut subscription = state
-        .hub
-        .subscribe_with(filters, cursor, cursor.is_none())?;
+    // A poller resuming in this epoch already has the latest telemetry; any other starts over.
+    let fresh = cursor.is_none_or(|c| c.epoch != state.hub.epoch());
+    let mut subscription = state.hub.subscribe_with(filters, cursor, fresh)?;
     let mut next = cursor.unwrap_or_else(|| state.hub.head());
 
     let mut batch = Vec::new();

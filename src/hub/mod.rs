@@ -383,9 +383,10 @@ impl Hub {
 
     /// Subscribes to `filters`, starting after `from` or, without a cursor, at the head.
     ///
-    /// The subscription first yields the latest telemetry value of every matching topic, then
-    /// the missed events after `from` (or a [`Delivery::Resync`] when they are gone), then live
-    /// messages. Dropping the subscription unregisters it at once.
+    /// The subscription first yields a [`Delivery::Resync`] when `from` belongs to another
+    /// epoch, then the latest telemetry value of every matching topic, then the missed events
+    /// after `from` (or a resync when history no longer holds them), then live messages.
+    /// Dropping the subscription unregisters it at once.
     ///
     /// # Errors
     ///

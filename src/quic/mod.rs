@@ -94,7 +94,8 @@ pub(crate) async fn serve(endpoint: quinn::Endpoint, context: Context) {
             }
         });
     }
-    endpoint.close(0u32.into(), b"server shutting down");
+    // H3_NO_ERROR (RFC 9114, 8.1): the server is going away cleanly.
+    endpoint.close(0x100u32.into(), b"server shutting down");
     debug!(?local, "QUIC endpoint closed");
 }
 
@@ -111,6 +112,7 @@ async fn connection_task(connection: quinn::Connection, context: Context) {
         Ok(()) => {}
         Err(e) if e.is_panic() => {
             warn!(conn = id, %remote, "connection task panicked; closing the connection");
+            // H3_INTERNAL_ERROR (RFC 9114, 8.1).
             quic.close(0x0102u32.into(), b"internal error");
         }
         Err(_) => {}

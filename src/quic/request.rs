@@ -18,22 +18,29 @@ pub(super) async fn serve(request: http::Request<()>, mut stream: H3Stream, cont
             .extensions()
             .get::<h3::ext::Protocol>()
             .map(|p| p.as_str().to_owned());
-        let reason = match protocol {
-            Some(p) if p == "webtransport" => {
-                tracing::warn!(
-                    path = request.uri().path(),
-                    "WebTransport session refused: unknown path"
-                );
-                "WebTransport is served at /v1/wt".to_owned()
+        let path = request.uri().path();
+        let (status, reason) = match protocol.as_deref() {
+            Some("webtransport") if path == super::WEBTRANSPORT_PATH => {
+                tracing::warn!("WebTransport session refused: the connection already has one");
+                let reason = "this connection already carries a WebTransport session: open a new \
+                              connection";
+                (StatusCode::BAD_REQUEST, reason.to_owned())
             }
-            Some(p) => format!("unsupported :protocol {p:?}: only \"webtransport\" is served"),
-            None => "CONNECT is not supported: use extended CONNECT with :protocol webtransport"
-                .to_owned(),
-        };
-        let status = if reason.starts_with("WebTransport") {
-            StatusCode::NOT_FOUND
-        } else {
-            StatusCode::NOT_IMPLEMENTED
+            Some("webtransport") => {
+                tracing::warn!(path, "WebTransport session refused: unknown path");
+                let reason = "WebTransport is served at /v1/wt".to_owned();
+                (StatusCode::NOT_FOUND, reason)
+            }
+            Some(p) => {
+                let reason =
+                    format!("unsupported :protocol {p:?}: only \"webtransport\" is served");
+                (StatusCode::NOT_IMPLEMENTED, reason)
+            }
+            None => {
+                let reason = "CONNECT is not supported: use extended CONNECT with :protocol \
+                              webtransport";
+                (StatusCode::NOT_IMPLEMENTED, reason.to_owned())
+            }
         };
         reject_connect(stream, status, &reason).await;
         return;

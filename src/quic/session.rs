@@ -59,6 +59,8 @@ pub struct SessionLimits {
 const WT_UNI_STREAM: u64 = 0x54;
 /// CLOSE_WEBTRANSPORT_SESSION capsule type.
 const CAPSULE_CLOSE: u64 = 0x2843;
+/// HTTP/3 error code of a clean close (RFC 9114, 8.1).
+const H3_NO_ERROR: u32 = 0x100;
 /// How long a closing session waits for its close capsule to be sent.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Bidirectional streams a session may open besides its control stream before it is closed.
@@ -162,6 +164,7 @@ pub(super) async fn run(
         session_id,
         prefix,
         lanes: (0..context.limits.event_streams).map(|_| None).collect(),
+        assigned: std::collections::HashMap::new(),
         write_timeout: context.write_timeout,
         metrics: context.metrics.clone(),
         last_cursor: None,
@@ -179,7 +182,7 @@ pub(super) async fn run(
         session_id: SessionId::try_from(session_id)
             .unwrap_or_else(|_| SessionId::try_from(0).unwrap_or_else(|_| unreachable!())),
         commands: commands.clone(),
-        control: Some(control_tx),
+        control: Arc::new(std::sync::Mutex::new(Some(control_tx))),
         extra_bidi: Arc::new(AtomicUsize::new(0)),
         end: end_tx.clone(),
         max_frame: context.limits.max_frame,
@@ -233,13 +236,18 @@ pub(super) async fn run(
                 let _ = connect_send.finish().await;
             };
             let _ = tokio::time::timeout(CLOSE_GRACE, close).await;
-            tokio::time::sleep(CLOSE_GRACE.min(Duration::from_millis(200))).await;
         }
         _ => {
             let _ = connect_send.finish().await;
         }
     }
-    quic.close(0u32.into(), b"WebTransport session closed");
+    // The close capsule must reach the client before the connection goes, so the client gets
+    // to close first; a client that does not is cut after the grace period.
+    tokio::select! {
+        _ = quic.closed() => {}
+        _ = tokio::time::sleep(CLOSE_GRACE) => {}
+    }
+    quic.close(H3_NO_ERROR.into(), b"WebTransport session closed");
 }
 
 /// Encodes a CLOSE_WEBTRANSPORT_SESSION capsule.
@@ -313,7 +321,8 @@ fn parse_capsules(buffer: &mut BytesMut) -> Result<Option<End>, String> {
 struct SessionStreams {
     session_id: SessionId,
     commands: Arc<Mutex<CommandSession>>,
-    control: Option<mpsc::Sender<tokio::io::WriteHalf<WtBidi>>>,
+    /// Taken by the first WebTransport bidirectional stream, which becomes the control stream.
+    control: Arc<std::sync::Mutex<Option<mpsc::Sender<tokio::io::WriteHalf<WtBidi>>>>>,
     /// Bidirectional WebTransport streams opened besides the control stream.
     extra_bidi: Arc<AtomicUsize>,
     end: mpsc::Sender<End>,
@@ -386,7 +395,7 @@ fn accept_bidi(
     mut resolver: h3::server::RequestResolver<h3_quinn::Connection, Bytes>,
     session: &mut SessionStreams,
 ) {
-    let control = session.control.take();
+    let control = session.control.clone();
     let session_id = session.session_id;
     let commands = session.commands.clone();
     let end = session.end.clone();
@@ -402,6 +411,7 @@ fn accept_bidi(
                     debug!(session = ?id, "bidirectional stream for an unknown session dropped");
                     return;
                 }
+                let control = control.lock().ok().and_then(|mut slot| slot.take());
                 let Some(control) = control else {
                     if extra_bidi.fetch_add(1, Ordering::Relaxed) >= MAX_EXTRA_BIDI {
                         Metrics::add(&context.metrics.sessions_stream_limit);
@@ -412,7 +422,8 @@ fn accept_bidi(
                     let reply = crate::commands::error_reply(
                         None,
                         "unsupported",
-                        "a session has one control stream: send commands there",
+                        "a session has one control stream: send commands there, or on \
+                         unidirectional streams",
                     );
                     let _ = write.write_all(&wire::length_prefixed(&reply)).await;
                     let _ = write.shutdown().await;
@@ -537,6 +548,8 @@ struct Writer {
     /// Quarter stream id that starts every datagram of this session (RFC 9297, 2.1).
     prefix: Bytes,
     lanes: Vec<Option<quinn::SendStream>>,
+    /// Lane of each topic seen while lanes were still free; other topics go by hash.
+    assigned: std::collections::HashMap<crate::topic::Topic, usize>,
     write_timeout: Duration,
     metrics: SharedMetrics,
     /// Cursor of the last event fully written, reported when the peer is too slow.
@@ -639,10 +652,45 @@ impl Writer {
         sent
     }
 
-    async fn write_lane(&mut self, message: &Message) -> Result<(), WriteError> {
+    /// Picks the event stream of a topic: its own while streams are left, then one shared by
+    /// hash. A topic keeps its stream for the session, so its events stay in order.
+    fn lane(&mut self, topic: &crate::topic::Topic) -> usize {
+        if let Some(index) = self.assigned.get(topic) {
+            return *index;
+        }
+        if self.assigned.len() < self.lanes.len() {
+            let index = self.assigned.len();
+            self.assigned.insert(topic.clone(), index);
+            return index;
+        }
         let mut hasher = DefaultHasher::new();
-        message.topic.hash(&mut hasher);
-        let index = (hasher.finish() % self.lanes.len() as u64) as usize;
+        topic.hash(&mut hasher);
+        (hasher.finish() % self.lanes.len() as u64) as usize
+    }
+
+    async fn write_lane(&mut self, message: &Message) -> Result<(), WriteError> {
+        let index = self.lane(&message.topic);
+        // A client may stop an event stream; the frame then goes out once more on a new one,
+        // so stopping a stream never loses an event.
+        for attempt in 0..2 {
+            self.open_lane(index).await?;
+            let Some(stream) = self.lanes[index].as_mut() else {
+                return Ok(());
+            };
+            match stream.write_chunk(wire::frame(message)).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    debug!(error = %e, attempt, "event stream stopped by the client");
+                    self.lanes[index] = None;
+                }
+            }
+        }
+        Err(WriteError::Failed(
+            "the client stops every event stream".into(),
+        ))
+    }
+
+    async fn open_lane(&mut self, index: usize) -> Result<(), WriteError> {
         if self.lanes[index].is_none() {
             let opened = self.quic.open_uni().await;
             let mut stream = opened.map_err(|e| WriteError::Failed(e.to_string()))?;
@@ -652,14 +700,6 @@ impl Writer {
             let written = stream.write_all(&header).await;
             written.map_err(|e| WriteError::Failed(e.to_string()))?;
             self.lanes[index] = Some(stream);
-        }
-        let Some(stream) = self.lanes[index].as_mut() else {
-            return Ok(());
-        };
-        if let Err(e) = stream.write_chunk(wire::frame(message)).await {
-            // The client stopped this stream; the next event of these topics opens a new one.
-            debug!(error = %e, "event stream closed by the client");
-            self.lanes[index] = None;
         }
         Ok(())
     }

@@ -292,3 +292,19 @@ pub fn connect_headers<'a>(protocol: &'a str, path: &'a str) -> Vec<(&'a str, &'
         ("origin", "http://localhost"),
     ]
 }
+
+/// Reads frames until a DATA frame and returns its payload, or `None` at the end of the stream.
+pub async fn read_data_frame(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>> {
+    loop {
+        let frame_type = match read_varint(recv).await {
+            Ok(t) => t,
+            Err(_) => return Ok(None),
+        };
+        let len = read_varint(recv).await? as usize;
+        let mut body = vec![0u8; len];
+        recv.read_exact(&mut body).await?;
+        if frame_type == FRAME_DATA {
+            return Ok(Some(body));
+        }
+    }
+}
