@@ -51,11 +51,11 @@ pub struct Args {
     pub max_payload: usize,
 
     /// Maximum number of deliveries queued for one subscriber before it lags.
-    #[arg(long, value_name = "COUNT", default_value_t = 1024)]
+    #[arg(long, value_name = "COUNT", default_value_t = 256)]
     pub queue_messages: usize,
 
     /// Maximum bytes queued for one subscriber before it lags.
-    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    #[arg(long, value_name = "BYTES", default_value_t = 256 << 10)]
     pub queue_bytes: usize,
 
     /// Seconds between heartbeats: SSE comments and WebSocket pings.

@@ -11,6 +11,7 @@ pub mod cursor;
 pub mod error;
 pub mod http;
 pub mod hub;
+pub mod memory;
 pub mod metrics;
 pub mod quic;
 pub mod server;

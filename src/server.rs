@@ -174,6 +174,7 @@ impl Server {
         for endpoint in endpoints {
             tasks.spawn(quic::serve(endpoint, context.clone()));
         }
+        tasks.spawn(crate::memory::trim_periodically(shutdown.clone()));
 
         info!(
             sha256 = %cert_info.hex,

@@ -356,11 +356,8 @@ async fn oversized_control_frame_sends_close_capsule() {
         .await
         .unwrap()
         .expect("a DATA frame before the CONNECT stream ends");
-    // CLOSE_WEBTRANSPORT_SESSION (0x2843 as a 2-byte varint is 0x68 0x43), then the length,
-    // the 32-bit code 0x10 and the reason.
-    assert_eq!(&data[..2], &[0x68, 0x43]);
-    assert_eq!(&data[3..7], &0x10u32.to_be_bytes());
-    let reason = String::from_utf8_lossy(&data[7..]);
+    let (code, reason) = parse_close_capsule(&data).unwrap();
+    assert_eq!(code, 0x10);
     assert!(reason.contains("larger than the maximum"), "{reason}");
     server.wait_subscribers(0).await;
 }
@@ -415,4 +412,68 @@ async fn request_before_control_stream_keeps_session() {
         .unwrap();
     let reply = within("pong", read_json(&mut control_recv)).await.unwrap();
     assert_eq!(reply["op"], "pong");
+}
+
+#[tokio::test]
+async fn extra_bidi_streams_are_capped() {
+    let server = TestServer::start().await;
+    let (_endpoint, quic) = quic_connect(&server).await.unwrap();
+    let _control = send_client_settings(&quic).await.unwrap();
+    let (send, mut recv, _control_send, _control_recv) = raw_session(&server, &quic).await;
+    let session = u64::from(send.id());
+
+    // h3 0.0.8 keeps every accepted stream id for the life of the connection, so a session
+    // may open only a few streams besides its control stream; each gets an error frame.
+    let mut extra = Vec::new();
+    for _ in 0..16 {
+        let (send, mut recv) = open_wt_bidi(&quic, session).await.unwrap();
+        let reply = within("extra stream reply", read_json(&mut recv))
+            .await
+            .unwrap();
+        assert_eq!(reply["code"], "unsupported");
+        extra.push(send);
+    }
+    assert_eq!(server.server.hub.stats().subscribers, 1);
+
+    // One more closes the session with the stream-limit code.
+    let (_send, _recv) = open_wt_bidi(&quic, session).await.unwrap();
+    let data = within("close capsule", read_data_frame(&mut recv))
+        .await
+        .unwrap()
+        .expect("a close capsule");
+    let (code, reason) = parse_close_capsule(&data).unwrap();
+    assert_eq!(code, 0x13);
+    assert!(reason.contains("too many"), "{reason}");
+    server.wait_subscribers(0).await;
+}
+
+#[tokio::test]
+async fn stalled_event_stream_closes_session_as_too_slow() {
+    let server =
+        TestServer::start_with(|c| c.write_timeout = std::time::Duration::from_secs(1)).await;
+    let (_endpoint, quic) = quic_connect(&server).await.unwrap();
+    let _control = send_client_settings(&quic).await.unwrap();
+    let (_send, mut recv, _control_send, _control_recv) = raw_session(&server, &quic).await;
+
+    // The client never accepts the event streams, so their flow-control windows stay closed.
+    let big = "z".repeat(60_000);
+    let mut last = String::new();
+    for _ in 0..100 {
+        last = server.publish("s/big", &big).await;
+    }
+    let data = within("close capsule", read_data_frame(&mut recv))
+        .await
+        .unwrap()
+        .expect("a close capsule");
+    let (code, reason) = parse_close_capsule(&data).unwrap();
+    assert_eq!(code, 0x14);
+    let cursor = reason
+        .strip_prefix("too slow: resume from cursor ")
+        .unwrap_or_else(|| panic!("reason {reason:?}"));
+    // Every event up to the named cursor was written; the rest come from history on resume.
+    assert!(
+        cursor < last.as_str() || cursor.len() < last.len(),
+        "{cursor} vs {last}"
+    );
+    server.wait_subscribers(0).await;
 }

@@ -25,6 +25,9 @@ use crate::wire;
 /// Capacity of the channel between the command session and the socket writer.
 const OUTBOUND_CAPACITY: usize = 64;
 
+/// Maximum number of messages written with one flush.
+const MAX_BATCH: usize = 64;
+
 /// How long a connection closed by the server keeps reading before the socket is dropped.
 const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 
@@ -89,7 +92,28 @@ async fn serve(socket: WebSocket, state: AppState) {
                     break;
                 }
             };
-            match tokio::time::timeout(write_timeout, sink.send(message)).await {
+            // Whatever else is ready goes out with this message in one flush, so a busy
+            // connection costs one write per batch instead of one per message.
+            let batch = async {
+                sink.feed(message).await?;
+                for _ in 0..MAX_BATCH {
+                    let message = match out_rx.try_recv() {
+                        Ok(Outbound::Reply(json)) => {
+                            Message::Text(Utf8Bytes::try_from(json).unwrap_or_default())
+                        }
+                        Ok(Outbound::Delivery { sub, delivery }) => {
+                            if let Some(cursor) = delivery_cursor(&delivery) {
+                                pending_cursor = Some(cursor);
+                            }
+                            encode(&delivery, sub)
+                        }
+                        Err(_) => break,
+                    };
+                    sink.feed(message).await?;
+                }
+                sink.flush().await
+            };
+            match tokio::time::timeout(write_timeout, batch).await {
                 Ok(Ok(())) => {
                     if let Some(cursor) = pending_cursor.take() {
                         last_cursor = Some(cursor);

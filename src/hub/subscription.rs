@@ -13,17 +13,19 @@ use crate::topic::{Filter, Topic};
 /// Bounds of one subscriber's outgoing queue.
 #[derive(Clone, Copy, Debug)]
 pub struct QueueLimits {
-    /// Maximum number of queued deliveries. Default 1,024.
+    /// Maximum number of queued deliveries. Default 256.
     pub max_messages: usize,
-    /// Maximum queued bytes, counting payload and topic. Default 1 MiB.
+    /// Maximum queued bytes, counting payload and topic. Default 256 KiB.
     pub max_bytes: usize,
 }
 
 impl Default for QueueLimits {
     fn default() -> Self {
         Self {
-            max_messages: 1024,
-            max_bytes: 1 << 20,
+            // A full queue costs nothing but a catch-up from history, so the queue can stay
+            // small; this bounds what each of many idle or slow subscribers holds.
+            max_messages: 256,
+            max_bytes: 256 << 10,
         }
     }
 }

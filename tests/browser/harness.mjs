@@ -87,7 +87,7 @@ const FIREFOX_PREFS = {
   'browser.shell.checkDefaultBrowser': false,
 };
 
-/** Fails with a message that says how to build what is missing. */
+/** Throws an error naming each missing binary and the command that builds it. */
 export function requireBuilt() {
   for (const [file, command] of [
     [SERVER_BINARY, 'cargo build'],
@@ -107,7 +107,7 @@ export function tempDir(prefix) {
   return fs.mkdtempSync(path.join(os.tmpdir(), `hubcast-${prefix}-`));
 }
 
-/** A loopback TCP port and a loopback UDP port that were free a moment ago. */
+/** Returns a loopback TCP port and a loopback UDP port that were free a moment ago. */
 export async function freePorts() {
   const tcp = await new Promise((resolve, reject) => {
     const server = net.createServer();
@@ -346,9 +346,9 @@ function wrapPage(page, console, close) {
 
 /**
  * Polls `predicate(state)` on the page's test state until it holds, or fails after `timeoutMs`
- * with `what` and a summary of the state.
+ * with `description` and a summary of the state.
  */
-export async function waitForState(page, predicate, what, timeoutMs = 20000) {
+export async function waitForState(page, predicate, description, timeoutMs = 20000) {
   const deadline = Date.now() + timeoutMs;
   let state;
   for (;;) {
@@ -369,7 +369,7 @@ export async function waitForState(page, predicate, what, timeoutMs = 20000) {
     statuses: state.statuses?.slice(-5),
   };
   throw new Error(
-    `timed out after ${timeoutMs} ms waiting for ${what}\npage state: ${JSON.stringify(summary, null, 2)}\n` +
+    `timed out after ${timeoutMs} ms waiting for ${description}\npage state: ${JSON.stringify(summary, null, 2)}\n` +
       `console:\n${page.console.slice(-20).join('\n')}`,
   );
 }

@@ -102,3 +102,70 @@ test('polling page resyncs after the server is killed', async () => {
   });
   assert.equal(state.transport, 'polling');
 });
+
+/**
+ * Drops the page's connection from inside the page while the server keeps running, publishes
+ * events on several topics while it reconnects, and checks that each arrives exactly once.
+ */
+async function resumeScenario({ exclude, transport }) {
+  const server = await startServer();
+  // A reconnect delay of up to 1.5 s leaves time to publish while the page is disconnected.
+  const slow = 'reconnectBase=1500&reconnectMax=1500';
+  const query = exclude ? `?exclude=${exclude}&${slow}` : `?${slow}`;
+  const page = await chromium.open(`${server.origin}/${query}`);
+  try {
+    await waitForState(page, (s) => s.ready && s.state === 'open', 'the page to connect');
+    await publish(server, 'events/resume/a', 'before the drop');
+    await waitForState(page, (s) => s.events.length === 1, 'the first event');
+
+    await page.evaluate(() => window.hubcastTest.client.connection.drop('dropped by the test'));
+    const published = [];
+    for (let i = 0; i < 6; i += 1) {
+      const topic = `events/resume/${'abc'[i % 3]}`;
+      const reply = await publish(server, topic, `during the drop ${i}`);
+      published.push({ topic, payload: `during the drop ${i}`, cursor: reply.cursor });
+    }
+
+    const state = await waitForState(
+      page,
+      (s) => s.connections >= 2 && s.events.length >= 1 + published.length,
+      'the events published during the drop',
+    );
+    assert.equal(state.transport, transport);
+    assert.deepEqual(state.resyncs, [], 'resuming on the same server needs no resync');
+    const received = state.events.slice(1);
+    assert.equal(received.length, published.length, 'each event arrives exactly once');
+    // WebTransport may reorder topics that share no stream, so order is compared by cursor.
+    const bySequence = [...received].sort((x, y) => Number(x.cursor.split('-')[1]) - Number(y.cursor.split('-')[1]));
+    assert.deepEqual(
+      bySequence.map((e) => [e.topic, e.payload, e.cursor]),
+      published.map((e) => [e.topic, e.payload, e.cursor]),
+    );
+    if (transport !== 'webtransport') {
+      assert.deepEqual(
+        received.map((e) => e.cursor),
+        published.map((e) => e.cursor),
+        'arrival order is publishing order',
+      );
+    }
+  } finally {
+    await page.close();
+    await server.stop();
+  }
+}
+
+test('webtransport page resumes after a drop', async () => {
+  await resumeScenario({ transport: 'webtransport' });
+});
+
+test('websocket page resumes after a drop', async () => {
+  await resumeScenario({ exclude: 'webtransport', transport: 'websocket' });
+});
+
+test('sse page resumes after a drop', async () => {
+  await resumeScenario({ exclude: 'webtransport,websocket', transport: 'sse' });
+});
+
+test('polling page resumes after a drop', async () => {
+  await resumeScenario({ exclude: 'webtransport,websocket,sse', transport: 'polling' });
+});

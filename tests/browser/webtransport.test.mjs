@@ -106,8 +106,22 @@ async function webTransportRoundTrip(browser, origin, server, { minDatagrams }) 
       () => window.hubcastTest.client.connection.aliases.get('devices/page/level')?.ready === true,
     );
     assert.ok(aliasReady, 'the server acknowledged the datagram alias');
-    assert.deepEqual(echoed.errors, []);
-    return echoed;
+
+    // Telemetry larger than a datagram goes out as a publish command and comes back as a frame
+    // on an event stream. A binary event payload comes back as bytes.
+    await page.evaluate(() => window.hubcastTest.client.publishTelemetry('devices/page/blob', 'x'.repeat(3000)));
+    await publish(server, 'events/binary', Buffer.from([0xff, 0x00, 0x01]));
+    const large = await waitForState(
+      page,
+      (s) => s.telemetry.some((t) => t.topic === 'devices/page/blob') && eventsOn(s, 'events/binary').length === 1,
+      'large telemetry and a binary event',
+    );
+    const blob = large.telemetry.find((t) => t.topic === 'devices/page/blob');
+    assert.equal(blob.via, 'stream');
+    assert.equal(blob.payload.length, 3000);
+    assert.equal(eventsOn(large, 'events/binary')[0].payload, '[3 bytes]');
+    assert.deepEqual(large.errors, []);
+    return large;
   } finally {
     await page.close();
   }

@@ -308,3 +308,19 @@ pub async fn read_data_frame(recv: &mut quinn::RecvStream) -> Result<Option<Vec<
         }
     }
 }
+
+/// Parses a CLOSE_WEBTRANSPORT_SESSION capsule into its code and reason.
+pub fn parse_close_capsule(data: &[u8]) -> Result<(u32, String)> {
+    let mut view = data;
+    let kind = get_varint(&mut view).context("capsule type")?;
+    if kind != 0x2843 {
+        bail!("capsule type {kind:#x} is not CLOSE_WEBTRANSPORT_SESSION");
+    }
+    let len = get_varint(&mut view).context("capsule length")? as usize;
+    if view.len() < len || len < 4 {
+        bail!("capsule of {len} bytes with {} available", view.len());
+    }
+    let code = u32::from_be_bytes([view[0], view[1], view[2], view[3]]);
+    let reason = String::from_utf8(view[4..len].to_vec())?;
+    Ok((code, reason))
+}
