@@ -72,7 +72,8 @@ struct Args {
     #[arg(long, value_name = "CELSIUS", default_value_t = 30.0)]
     alarm_above: f64,
 
-    /// Expected spikes per sensor per minute; a spike lifts the reading above the threshold.
+    /// Expected spikes per sensor per minute; a spike lifts the reading 1 to 4 °C above the
+    /// alarm threshold for 3 to 7 seconds.
     #[arg(long, value_name = "COUNT", default_value_t = 2.0)]
     spikes_per_minute: f64,
 
@@ -228,7 +229,13 @@ async fn run(args: &Args, connection: &Connection, control: &Control) -> anyhow:
         }
         let elapsed = started.elapsed().as_secs_f64();
         for (i, sensor) in sensors.iter_mut().enumerate() {
-            let reading = sensor.step(elapsed, period.as_secs_f64(), spike_chance, &mut rng);
+            let reading = sensor.step(
+                elapsed,
+                period.as_secs_f64(),
+                spike_chance,
+                args.alarm_above,
+                &mut rng,
+            );
             let text = format!("{reading:.2}");
             let datagram = if args.inline_topics {
                 inline_datagram(&sensor.topic, text.as_bytes())
@@ -240,7 +247,11 @@ async fn run(args: &Args, connection: &Connection, control: &Control) -> anyhow:
                 Err(e) => {
                     summary.datagrams_failed += 1;
                     if summary.datagrams_failed == 1 {
-                        warn!(error = %e, topic = %sensor.topic, "failed to send a datagram; counting further failures");
+                        warn!(
+                            error = %e,
+                            topic = %sensor.topic,
+                            "failed to send a datagram, further failures are only counted"
+                        );
                     }
                 }
             }
@@ -302,9 +313,17 @@ struct Sensor {
     amplitude: f64,
     period: f64,
     phase: f64,
-    /// Seconds of spike left and its height in °C.
-    spike: Option<(f64, f64)>,
+    spike: Option<Spike>,
     alarmed: bool,
+}
+
+/// A temporary rise of a reading: half a sine wave over `length` seconds.
+struct Spike {
+    /// Seconds since the spike started.
+    age: f64,
+    length: f64,
+    /// Rise at the middle of the spike, in °C.
+    height: f64,
 }
 
 impl Sensor {
@@ -322,24 +341,35 @@ impl Sensor {
         }
     }
 
-    /// Advances the sensor by `dt` seconds and returns its reading in °C.
-    fn step(&mut self, elapsed: f64, dt: f64, spike_chance: f64, rng: &mut Rng) -> f64 {
-        if self.spike.is_none() && rng.next_f64() < spike_chance {
-            self.spike = Some((2.0 + 3.0 * rng.next_f64(), 8.0 + 4.0 * rng.next_f64()));
-        }
-        let lift = match &mut self.spike {
-            Some((left, height)) => {
-                *left -= dt;
-                let lift = *height;
-                if *left <= 0.0 {
-                    self.spike = None;
-                }
-                lift
-            }
-            None => 0.0,
-        };
+    /// Advances the sensor to `elapsed` seconds, `dt` after the previous step, and returns its
+    /// reading in °C. A new spike peaks 1 to 4 °C above `threshold`.
+    fn step(
+        &mut self,
+        elapsed: f64,
+        dt: f64,
+        spike_chance: f64,
+        threshold: f64,
+        rng: &mut Rng,
+    ) -> f64 {
         let wave = (std::f64::consts::TAU * elapsed / self.period + self.phase).sin();
-        self.base + self.amplitude * wave + lift + 0.15 * (rng.next_f64() - 0.5)
+        let baseline = self.base + self.amplitude * wave;
+        if self.spike.is_none() && rng.next_f64() < spike_chance {
+            self.spike = Some(Spike {
+                age: 0.0,
+                length: 3.0 + 4.0 * rng.next_f64(),
+                height: threshold + 1.0 + 3.0 * rng.next_f64() - baseline,
+            });
+        }
+        let mut lift = 0.0;
+        if let Some(spike) = &mut self.spike {
+            spike.age += dt;
+            if spike.age >= spike.length {
+                self.spike = None;
+            } else {
+                lift = spike.height * (std::f64::consts::PI * spike.age / spike.length).sin();
+            }
+        }
+        baseline + lift + 0.15 * (rng.next_f64() - 0.5)
     }
 
     /// Returns `raised` or `cleared` when `reading` crosses `threshold`.
@@ -449,7 +479,10 @@ impl Control {
                             Ok(Some(frame)) => frame,
                             Ok(None) => break,
                             Err(e) => {
-                                warn!(error = %e, "invalid control frame; closing the stream");
+                                warn!(
+                                    error = %e,
+                                    "invalid control frame, closing the control stream"
+                                );
                                 return;
                             }
                         };
