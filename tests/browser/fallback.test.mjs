@@ -1,22 +1,26 @@
-// Transport fallback in Chromium: WebSocket, SSE and long polling when the stronger transports
-// are excluded, and the reasons the client reports for skipping WebTransport.
+// Transport fallback: WebSocket, SSE and long polling when the stronger transports are
+// excluded, and the reasons the client reports for skipping WebTransport. Chromium runs every
+// case and Firefox ESR the three fallback transports.
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
-import { launchChromium, publish, runSimulator, startServer, waitForState } from './harness.mjs';
+import { launchChromium, launchFirefox, publish, runSimulator, startServer, waitForState } from './harness.mjs';
 
 const SAFARI_UA =
   'Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15';
 
 let chromium;
+let firefox;
 
 before(async () => {
   chromium = await launchChromium();
+  firefox = await launchFirefox();
 });
 
 after(async () => {
   await chromium?.close();
+  await firefox?.close();
 });
 
 function eventsOn(state, topic) {
@@ -27,9 +31,9 @@ function eventsOn(state, topic) {
  * Opens the page with `query`, checks the transport and skip reasons, then checks that
  * HTTP-published events arrive in order, simulator telemetry arrives, and the page can publish.
  */
-async function fallbackRoundTrip(query, expected, { userAgent, prepare } = {}) {
+async function fallbackRoundTrip(query, expected, { userAgent, prepare, browser = chromium } = {}) {
   const server = await startServer();
-  const page = await chromium.open(`${server.origin}/${query}`, { userAgent, prepare });
+  const page = await browser.open(`${server.origin}/${query}`, { userAgent, prepare });
   try {
     const ready = await waitForState(page, (s) => s.ready && s.state === 'open', 'the page to connect');
     assert.equal(ready.transport, expected.transport);
@@ -149,3 +153,15 @@ test('webtransport handshake failure falls back to websocket', async () => {
     { prepare },
   );
 });
+
+const FIREFOX_CASES = [
+  ['websocket', 'webtransport', [['webtransport', 'excluded']]],
+  ['sse', 'webtransport,websocket', [['webtransport', 'excluded'], ['websocket', 'excluded']]],
+  ['polling', 'webtransport,websocket,sse', [['webtransport', 'excluded'], ['websocket', 'excluded'], ['sse', 'excluded']]],
+];
+
+for (const [transport, exclude, reasons] of FIREFOX_CASES) {
+  test(`firefox falls back to ${transport}`, async () => {
+    await fallbackRoundTrip(`?exclude=${exclude}`, { transport, reasons }, { browser: firefox });
+  });
+}

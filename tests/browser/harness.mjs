@@ -103,8 +103,16 @@ export function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+// Temporary directories of this test process, removed when it exits.
+const temporaryDirs = [];
+process.on('exit', () => {
+  for (const dir of temporaryDirs) fs.rmSync(dir, { recursive: true, force: true });
+});
+
 export function tempDir(prefix) {
-  return fs.mkdtempSync(path.join(os.tmpdir(), `hubcast-${prefix}-`));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `hubcast-${prefix}-`));
+  temporaryDirs.push(dir);
+  return dir;
 }
 
 /** Returns a loopback TCP port and a loopback UDP port that were free a moment ago. */

@@ -1,4 +1,4 @@
-// Reconnection in Chromium: the server stops and a new process starts on the same ports with
+// Reconnection, mostly in Chromium: the server stops and a new process starts on the same ports with
 // the same certificate directory, so it has a new epoch. The page must reconnect by itself,
 // report the resync and keep receiving events.
 
@@ -6,31 +6,42 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { freePorts, launchChromium, publish, startServer, tempDir, waitForState } from './harness.mjs';
+import {
+  freePorts,
+  launchChromium,
+  launchFirefox,
+  publish,
+  startServer,
+  tempDir,
+  waitForState,
+} from './harness.mjs';
 
 // Short backoff and keep-alive so a test notices the drop and reconnects within seconds.
 const FAST = 'reconnectBase=200&reconnectMax=1000&ping=2000';
 
 let chromium;
+let firefox;
 
 before(async () => {
   chromium = await launchChromium();
+  firefox = await launchFirefox();
 });
 
 after(async () => {
   await chromium?.close();
+  await firefox?.close();
 });
 
 function eventsOn(state, topic) {
   return state.events.filter((e) => e.topic === topic);
 }
 
-async function restartScenario({ exclude, signal, transport }) {
+async function restartScenario({ exclude, signal, transport, browser = chromium }) {
   const ports = await freePorts();
   const certDir = path.join(tempDir('certs'), 'certs');
   let server = await startServer({ ...ports, certDir });
   const query = exclude ? `?exclude=${exclude}&${FAST}` : `?${FAST}`;
-  const page = await chromium.open(`http://localhost:${ports.httpPort}/${query}`);
+  const page = await browser.open(`http://localhost:${ports.httpPort}/${query}`);
   try {
     const ready = await waitForState(page, (s) => s.ready && s.state === 'open', 'the page to connect');
     assert.equal(ready.transport, transport);
@@ -82,6 +93,11 @@ test('webtransport page resyncs after a graceful restart', async () => {
 
 test('webtransport page resyncs after the server is killed', async () => {
   await restartScenario({ signal: 'SIGKILL', transport: 'webtransport' });
+});
+
+test('firefox webtransport page resyncs after a restart', async () => {
+  const state = await restartScenario({ signal: 'SIGTERM', transport: 'webtransport', browser: firefox });
+  assert.equal(state.transport, 'webtransport');
 });
 
 test('websocket page resyncs after the server is killed', async () => {
