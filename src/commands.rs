@@ -252,11 +252,7 @@ impl CommandSession {
 
         let sub = self.next_sub;
         self.next_sub += 1;
-        // The cursor of the reply is where the subscription starts: the client's own cursor when
-        // it resumes in this epoch, the newest event otherwise.
-        let start = cursor
-            .filter(|c| c.epoch == self.hub.epoch())
-            .unwrap_or_else(|| self.hub.head());
+        let start = subscription.start();
         let reply = to_json(&Reply {
             sub: Some(sub),
             cursor: Some(start.to_string()),

@@ -95,6 +95,8 @@ impl IntoResponse for RequestError {
 
 /// WebSocket close codes (RFC 6455 section 7.4).
 pub mod close_code {
+    /// Normal closure, the answer to a client's Close.
+    pub const NORMAL: u16 = 1000;
     /// The server is shutting down.
     pub const GOING_AWAY: u16 = 1001;
     /// A binary frame arrived where only JSON text is accepted.

@@ -19,7 +19,7 @@ use crate::quic::{self, SessionLimits, WEBTRANSPORT_PATH};
 
 /// Extra time the socket-level write timeout allows beyond the configured one, so a protocol
 /// that can still say why it closes (a WebSocket close frame) gets to do so first.
-const SOCKET_TIMEOUT_MARGIN: Duration = Duration::from_secs(2);
+pub const SOCKET_TIMEOUT_MARGIN: Duration = Duration::from_secs(5);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]

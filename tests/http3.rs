@@ -475,3 +475,40 @@ async fn stalled_event_stream_closes_session_as_too_slow() {
     assert!(seq(cursor) < seq(&last), "{cursor} is not before {last}");
     server.wait_subscribers(0).await;
 }
+
+#[tokio::test]
+async fn back_to_back_connects_get_session_and_400() {
+    let server = TestServer::start().await;
+    let (_endpoint, quic) = quic_connect(&server).await.unwrap();
+    let _control = send_client_settings(&quic).await.unwrap();
+    let headers = connect_headers("webtransport", "/v1/wt");
+    let (_first, mut first_recv) = send_headers(&quic, &headers).await.unwrap();
+    let (_second, mut second_recv) = send_headers(&quic, &headers).await.unwrap();
+    let first = within("first CONNECT", read_status(&mut first_recv))
+        .await
+        .unwrap();
+    let second = within("second CONNECT", read_status(&mut second_recv))
+        .await
+        .unwrap();
+    let mut statuses = [first, second];
+    statuses.sort();
+    assert_eq!(statuses, [200, 400]);
+}
+
+#[tokio::test]
+async fn shutdown_sends_close_capsule() {
+    let server = TestServer::start().await;
+    let (_endpoint, quic) = quic_connect(&server).await.unwrap();
+    let _control = send_client_settings(&quic).await.unwrap();
+    let (_send, mut recv, _control_send, _control_recv) = raw_session(&server, &quic).await;
+    let stopping = tokio::spawn(server.server.shutdown(std::time::Duration::from_secs(5)));
+    let data = within("close capsule", read_data_frame(&mut recv))
+        .await
+        .unwrap()
+        .expect("a close capsule before the connection closes");
+    let (code, reason) = parse_close_capsule(&data).unwrap();
+    assert_eq!(code, 0x12);
+    assert!(reason.contains("shutting down"), "{reason}");
+    quic.close(0u32.into(), b"");
+    within("shutdown", stopping).await.unwrap();
+}

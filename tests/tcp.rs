@@ -422,3 +422,23 @@ async fn small_routes_answer() {
     let missing = reqwest::get(server.url("/../Cargo.toml")).await.unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+#[tokio::test]
+async fn websocket_close_is_answered() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = TestServer::start().await;
+    let mut ws = ws_connect(&server).await;
+    let frame = CloseFrame {
+        code: 1000u16.into(),
+        reason: "done".into(),
+    };
+    ws.send(Message::Close(Some(frame))).await.unwrap();
+    let reply = within("close reply", ws.next()).await.unwrap().unwrap();
+    match reply {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1000),
+        other => panic!("expected a close reply, got {other:?}"),
+    }
+}

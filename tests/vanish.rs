@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use hubcast::server::SOCKET_TIMEOUT_MARGIN;
 
 /// A network namespace joined to the host by a veth pair, removed on drop.
 struct TestHost {
@@ -42,16 +43,33 @@ impl TestHost {
         let host_addr = Ipv4Addr::new(10, 203, subnet, 1);
         let inner_addr = format!("10.203.{subnet}.2/30");
         // Leftovers of an earlier run that was killed would make the names clash.
-        let _ = Command::new("ip").args(["netns", "del", &namespace]).status();
-        let _ = Command::new("ip").args(["link", "del", &host_link]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &namespace])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &host_link])
+            .status();
 
         ip(&["netns", "add", &namespace]);
-        ip(&["link", "add", &host_link, "type", "veth", "peer", "name", &inner_link]);
+        ip(&[
+            "link",
+            "add",
+            &host_link,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &inner_link,
+        ]);
         ip(&["link", "set", &inner_link, "netns", &namespace]);
         ip(&["addr", "add", &format!("{host_addr}/30"), "dev", &host_link]);
         ip(&["link", "set", &host_link, "up"]);
         let inside = ["netns", "exec", &namespace, "ip"];
-        ip(&[&inside[..], &["addr", "add", &inner_addr, "dev", &inner_link]].concat());
+        ip(&[
+            &inside[..],
+            &["addr", "add", &inner_addr, "dev", &inner_link],
+        ]
+        .concat());
         ip(&[&inside[..], &["link", "set", &inner_link, "up"]].concat());
         Self {
             namespace,
@@ -89,8 +107,12 @@ impl TestHost {
 
 impl Drop for TestHost {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.host_link]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.namespace]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_link])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.namespace])
+            .status();
     }
 }
 
@@ -121,8 +143,8 @@ async fn vanished_sse_subscriber_is_freed() {
     host.vanish();
     let cut = Instant::now();
     server.wait_subscribers(0).await;
-    // Heartbeats go unacknowledged, and TCP_USER_TIMEOUT (the write timeout plus a 2 s margin)
-    // aborts the connection.
-    let bound = heartbeat + write_timeout + Duration::from_secs(2) + Duration::from_secs(2);
+    // Heartbeats go unacknowledged, and TCP_USER_TIMEOUT (the write timeout plus the socket
+    // margin) aborts the connection; two seconds of slack cover scheduling.
+    let bound = heartbeat + write_timeout + SOCKET_TIMEOUT_MARGIN + Duration::from_secs(2);
     assert!(cut.elapsed() < bound, "freed after {:?}", cut.elapsed());
 }

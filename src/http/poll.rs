@@ -50,7 +50,7 @@ pub(super) async fn poll(
     // A poller resuming in this epoch already has the latest telemetry; any other starts over.
     let fresh = cursor.is_none_or(|c| c.epoch != state.hub.epoch());
     let mut subscription = state.hub.subscribe_with(filters, cursor, fresh)?;
-    let mut next = cursor.unwrap_or_else(|| state.hub.head());
+    let mut next = subscription.start();
 
     let mut batch = Vec::new();
     if let Some(first) = subscription.try_recv() {

@@ -69,7 +69,11 @@ async fn serve(socket: WebSocket, state: AppState) {
                 close = close_rx.recv() => {
                     let (code, reason) = close.unwrap_or((close_code::GOING_AWAY, "closing"));
                     let frame = CloseFrame { code, reason: reason.into() };
-                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    // After the peer's Close, tungstenite has queued the reply itself and
+                    // refuses another frame; flushing sends the queued one.
+                    if sink.send(Message::Close(Some(frame))).await.is_err() {
+                        let _ = sink.flush().await;
+                    }
                     break;
                 }
                 outbound = out_rx.recv() => match outbound {
@@ -180,7 +184,11 @@ async fn serve(socket: WebSocket, state: AppState) {
                 closing = true;
                 break;
             }
-            Ok(Message::Close(_)) => break,
+            Ok(Message::Close(_)) => {
+                // The closing handshake (RFC 6455, 5.5.1): the server answers with a Close.
+                let _ = close_tx.send((close_code::NORMAL, "")).await;
+                break;
+            }
             Ok(Message::Ping(_) | Message::Pong(_)) => {}
             Err(e) => {
                 tracing::debug!(error = %e, "websocket read failed");

@@ -465,7 +465,8 @@ impl Hub {
         drop(events);
 
         inner.counters.subscribers.fetch_add(1, Ordering::Relaxed);
-        Ok(Subscription::new(self.clone(), shared))
+        let start = Cursor::new(inner.epoch, start);
+        Ok(Subscription::new(self.clone(), shared, start))
     }
 
     /// Moves up to one batch of missed events from history into a lagging subscriber's queue.

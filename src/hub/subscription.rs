@@ -201,11 +201,18 @@ impl Shared {
 pub struct Subscription {
     hub: Hub,
     shared: Arc<Shared>,
+    start: Cursor,
 }
 
 impl Subscription {
-    pub(super) fn new(hub: Hub, shared: Arc<Shared>) -> Self {
-        Self { hub, shared }
+    pub(super) fn new(hub: Hub, shared: Arc<Shared>, start: Cursor) -> Self {
+        Self { hub, shared, start }
+    }
+
+    /// Where the subscription starts: the events after this cursor are delivered. It is the
+    /// subscriber's own cursor when it resumes in this epoch, the newest event otherwise.
+    pub fn start(&self) -> Cursor {
+        self.start
     }
 
     /// The filters this subscription was made with.

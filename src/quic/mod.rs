@@ -26,6 +26,9 @@ use crate::hub::Hub;
 
 pub use session::SessionLimits;
 
+/// How long a closing endpoint waits for its connections to close themselves.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// Path of the WebTransport endpoint.
 pub const WEBTRANSPORT_PATH: &str = "/v1/wt";
 
@@ -94,7 +97,9 @@ pub(crate) async fn serve(endpoint: quinn::Endpoint, context: Context) {
             }
         });
     }
-    // H3_NO_ERROR (RFC 9114, 8.1): the server is going away cleanly.
+    // Sessions send their close capsules and close their own connections first; whatever is
+    // left after the grace period is closed with H3_NO_ERROR (RFC 9114, 8.1).
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, endpoint.wait_idle()).await;
     endpoint.close(0x100u32.into(), b"server shutting down");
     debug!(?local, "QUIC endpoint closed");
 }
@@ -160,10 +165,17 @@ async fn handle_connection(connection: quinn::Connection, context: Context) {
                                 return;
                             }
                         };
-                        if is_webtransport(&request) && request.uri().path() == WEBTRANSPORT_PATH {
-                            let _ = connect_tx.send((request, stream)).await;
-                        } else {
+                        let is_session =
+                            is_webtransport(&request) && request.uri().path() == WEBTRANSPORT_PATH;
+                        // Once a session owns the connection the channel is closed, and a later
+                        // CONNECT is answered like any request, with a 400 that says why.
+                        if !is_session {
                             request::serve(request, stream, &context).await;
+                            return;
+                        }
+                        match connect_tx.reserve().await {
+                            Ok(permit) => permit.send((request, stream)),
+                            Err(_) => request::serve(request, stream, &context).await,
                         }
                     });
                 }
@@ -182,6 +194,13 @@ async fn handle_connection(connection: quinn::Connection, context: Context) {
                     continue;
                 }
                 drop(request);
+                connect_rx.close();
+                while let Ok((request, stream)) = connect_rx.try_recv() {
+                    let context = context.clone();
+                    context.tasks.clone().spawn(async move {
+                        request::serve(request, stream, &context).await;
+                    });
+                }
                 session::run(h3, connection, stream, context).await;
                 return;
             }

@@ -36,7 +36,7 @@ async function fallbackRoundTrip(query, expected, { userAgent, prepare, browser 
   const page = await browser.open(`${server.origin}/${query}`, { userAgent, prepare });
   try {
     const ready = await waitForState(page, (s) => s.ready && s.state === 'open', 'the page to connect');
-    assert.equal(ready.transport, expected.transport);
+    assert.equal(ready.transport, expected.transport, `skipped: ${JSON.stringify(ready.reasons)}`);
     assert.deepEqual(
       ready.reasons.map((r) => [r.transport, r.code]),
       expected.reasons,

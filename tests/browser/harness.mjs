@@ -115,25 +115,42 @@ export function tempDir(prefix) {
   return dir;
 }
 
-/** Returns a loopback TCP port and a loopback UDP port that were free a moment ago. */
+/** Binds `port` (0 for any) on `host` and returns the bound port after releasing it. */
+function probePort(kind, host, port) {
+  return new Promise((resolve) => {
+    if (kind === 'tcp') {
+      const server = net.createServer();
+      server.once('error', () => resolve(null));
+      server.listen(port, host, () => {
+        const bound = server.address().port;
+        server.close(() => resolve(bound));
+      });
+    } else {
+      const socket = dgram.createSocket(host.includes(':') ? 'udp6' : 'udp4');
+      socket.once('error', () => resolve(null));
+      socket.bind(port, host, () => {
+        const bound = socket.address().port;
+        socket.close(() => resolve(bound));
+      });
+    }
+  });
+}
+
+/**
+ * Returns a port of `kind` that was free a moment ago on 127.0.0.1 and on ::1 alike, so a
+ * page opened as `localhost` cannot reach another program listening on ::1.
+ */
+async function freePort(kind) {
+  for (let attempt = 0; attempt < 50; attempt += 1) {
+    const port = await probePort(kind, '127.0.0.1', 0);
+    if (port && (await probePort(kind, '::1', port)) === port) return port;
+  }
+  throw new Error(`no ${kind} port was free on both 127.0.0.1 and ::1 after 50 attempts`);
+}
+
+/** Returns a TCP port and a UDP port that were free a moment ago on both loopback addresses. */
 export async function freePorts() {
-  const tcp = await new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-  const udp = await new Promise((resolve, reject) => {
-    const socket = dgram.createSocket('udp4');
-    socket.once('error', reject);
-    socket.bind(0, '127.0.0.1', () => {
-      const { port } = socket.address();
-      socket.close(() => resolve(port));
-    });
-  });
-  return { httpPort: tcp, quicPort: udp };
+  return { httpPort: await freePort('tcp'), quicPort: await freePort('udp') };
 }
 
 /**

@@ -44,7 +44,7 @@ async function restartScenario({ exclude, signal, transport, browser = chromium 
   const page = await browser.open(`http://localhost:${ports.httpPort}/${query}`);
   try {
     const ready = await waitForState(page, (s) => s.ready && s.state === 'open', 'the page to connect');
-    assert.equal(ready.transport, transport);
+    assert.equal(ready.transport, transport, `skipped: ${JSON.stringify(ready.reasons)}`);
     const hashBefore = await (await fetch(`${server.origin}/v1/cert-hash`)).json();
 
     const first = await publish(server, 'events/restart', 'before the restart', { event: 'note' });
@@ -88,7 +88,7 @@ async function restartScenario({ exclude, signal, transport, browser = chromium 
 test('webtransport page resyncs after a graceful restart', async () => {
   const state = await restartScenario({ signal: 'SIGTERM', transport: 'webtransport' });
   // The selection runs again after the drop; on loopback WebTransport is back at once.
-  assert.equal(state.transport, 'webtransport');
+  assert.equal(state.transport, 'webtransport', `skipped: ${JSON.stringify(state.reasons)}`);
 });
 
 test('webtransport page resyncs after the server is killed', async () => {
@@ -97,7 +97,7 @@ test('webtransport page resyncs after the server is killed', async () => {
 
 test('firefox webtransport page resyncs after a restart', async () => {
   const state = await restartScenario({ signal: 'SIGTERM', transport: 'webtransport', browser: firefox });
-  assert.equal(state.transport, 'webtransport');
+  assert.equal(state.transport, 'webtransport', `skipped: ${JSON.stringify(state.reasons)}`);
 });
 
 test('websocket page resyncs after the server is killed', async () => {

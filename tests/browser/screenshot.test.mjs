@@ -44,7 +44,7 @@ test('dashboard screenshot with live data', async () => {
       (s) => s.telemetryCount >= 100 && s.events.length >= notes.length,
       'live telemetry and events',
     );
-    assert.equal(state.transport, 'webtransport');
+    assert.equal(state.transport, 'webtransport', `skipped: ${JSON.stringify(state.reasons)}`);
 
     fs.mkdirSync(ARTIFACTS, { recursive: true });
     const file = path.join(ARTIFACTS, 'dashboard.png');

@@ -49,7 +49,7 @@ async function webTransportRoundTrip(browser, origin, server, { minDatagrams }) 
   const page = await browser.open(`${origin}/`);
   try {
     const ready = await waitForState(page, (s) => s.ready && s.state === 'open', 'the page to connect');
-    assert.equal(ready.transport, 'webtransport');
+    assert.equal(ready.transport, 'webtransport', `skipped: ${JSON.stringify(ready.reasons)}`);
     assert.deepEqual(ready.reasons, []);
 
     const simulator = await runSimulator(server, {
