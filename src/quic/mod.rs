@@ -4,9 +4,11 @@
 //! inside h3 while serving one peer ends only that peer's task; the accept loop and every other
 //! connection carry on.
 
+mod capsule;
 mod request;
 mod session;
 mod varint;
+mod writer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -10,21 +10,21 @@
 //!   FIN, reset or CLOSE_WEBTRANSPORT_SESSION and freeing its subscriptions at once;
 //! * it accepts client streams oldest first, and routes plain HTTP/3 requests that arrive on a
 //!   connection owned by a session to the shared router;
-//! * it opens server streams and sends datagrams directly on the quinn connection.
+//! * it opens server streams and sends datagrams directly on the quinn connection;
+//! * it closes a session that opens more than a few bidirectional streams besides the control
+//!   stream, because h3 0.0.8 keeps the id of every accepted stream until the connection ends.
 //!
-//! The first client-opened bidirectional stream is the control stream. It carries the JSON
+//! The first bidirectional WebTransport stream the client opens is the control stream. It carries the JSON
 //! commands of [`crate::commands`], each frame a 4-byte big-endian length and the JSON text.
 //! Events go out on server-opened unidirectional streams, one per topic up to the configured
 //! cap, after which topics share them by hash, so events of one topic stay in order.
 //! Telemetry goes out as a datagram when it fits and on an event stream otherwise.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash as _, Hasher as _};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use h3::frame::FrameStream;
 use h3::proto::frame::Frame;
 use h3::stream::BufRecvStream;
@@ -33,14 +33,16 @@ use h3::ConnectionState as _;
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, Mutex};
-use tracing::{debug, trace};
+use tracing::debug;
 
+use super::capsule::{close_capsule, watch_connect};
+use super::writer::{write_loop, Writer};
 use super::{request, varint, Context, H3Connection, H3Stream};
 use crate::commands::{CommandSession, Outbound};
 use crate::cursor::Cursor;
 use crate::error::wt_code;
-use crate::hub::{Class, Delivery, Message};
-use crate::metrics::{Metrics, SharedMetrics};
+use crate::hub::Class;
+use crate::metrics::Metrics;
 use crate::topic::Topic;
 use crate::wire;
 
@@ -55,10 +57,6 @@ pub struct SessionLimits {
     pub max_subscriptions: usize,
 }
 
-/// Stream type of a WebTransport unidirectional stream (draft-ietf-webtrans-http3, 4.2).
-const WT_UNI_STREAM: u64 = 0x54;
-/// CLOSE_WEBTRANSPORT_SESSION capsule type.
-const CAPSULE_CLOSE: u64 = 0x2843;
 /// HTTP/3 error code of a clean close (RFC 9114, 8.1).
 const H3_NO_ERROR: u32 = 0x100;
 /// How long a closing session waits for its close capsule to be sent.
@@ -66,10 +64,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Bidirectional streams a session may open besides its control stream before it is closed.
 /// h3 0.0.8 keeps the id of every such stream for the life of the connection.
 const MAX_EXTRA_BIDI: usize = 16;
-/// Longest capsule hubcast buffers from the CONNECT stream; longer ones end the session.
-const MAX_CAPSULE: u64 = 64 * 1024;
 
-type WtBidi = BufRecvStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+pub(super) type WtBidi = BufRecvStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 type WtRecv = BufRecvStream<h3_quinn::RecvStream, Bytes>;
 
 enum Incoming {
@@ -84,7 +80,7 @@ enum Incoming {
     dead_code,
     reason = "the fields are read through Debug in the session-closed log"
 )]
-enum End {
+pub(super) enum End {
     ConnectFinished,
     ConnectFailed(String),
     Capsule {
@@ -248,74 +244,6 @@ pub(super) async fn run(
         _ = tokio::time::sleep(CLOSE_GRACE) => {}
     }
     quic.close(H3_NO_ERROR.into(), b"WebTransport session closed");
-}
-
-/// Encodes a CLOSE_WEBTRANSPORT_SESSION capsule.
-fn close_capsule(code: u32, reason: &str) -> Bytes {
-    let reason = &reason.as_bytes()[..reason.len().min(1024)];
-    let mut out = BytesMut::new();
-    varint::put(&mut out, CAPSULE_CLOSE);
-    varint::put(&mut out, 4 + reason.len() as u64);
-    out.put_u32(code);
-    out.put_slice(reason);
-    out.freeze()
-}
-
-/// Reads the CONNECT stream until the session ends, parsing capsules as they come.
-async fn watch_connect(
-    mut recv: h3::server::RequestStream<h3_quinn::RecvStream, Bytes>,
-    end: mpsc::Sender<End>,
-) {
-    let mut buffer = BytesMut::new();
-    let outcome = loop {
-        match recv.recv_data().await {
-            Ok(Some(mut chunk)) => {
-                while chunk.has_remaining() {
-                    let part = chunk.chunk();
-                    buffer.extend_from_slice(part);
-                    let n = part.len();
-                    chunk.advance(n);
-                }
-                match parse_capsules(&mut buffer) {
-                    Ok(Some(end)) => break end,
-                    Ok(None) => {}
-                    Err(reason) => break End::ConnectFailed(reason),
-                }
-            }
-            Ok(None) => break End::ConnectFinished,
-            Err(e) => break End::ConnectFailed(e.to_string()),
-        }
-    };
-    let _ = end.send(outcome).await;
-}
-
-/// Consumes complete capsules from `buffer`; returns the end of the session on a close capsule.
-fn parse_capsules(buffer: &mut BytesMut) -> Result<Option<End>, String> {
-    loop {
-        let mut view = &buffer[..];
-        let Some(kind) = varint::get(&mut view) else {
-            return Ok(None);
-        };
-        let Some(len) = varint::get(&mut view) else {
-            return Ok(None);
-        };
-        if len > MAX_CAPSULE {
-            return Err(format!("capsule of {len} bytes exceeds {MAX_CAPSULE}"));
-        }
-        if (view.len() as u64) < len {
-            return Ok(None);
-        }
-        let header = buffer.len() - view.len();
-        let body = buffer.split_to(header + len as usize).split_off(header);
-        if kind == CAPSULE_CLOSE {
-            let mut body = &body[..];
-            let code = if body.len() >= 4 { body.get_u32() } else { 0 };
-            let reason = String::from_utf8_lossy(body).into_owned();
-            return Ok(Some(End::Capsule { code, reason }));
-        }
-        // DRAIN_WEBTRANSPORT_SESSION and unknown capsules are skipped (RFC 9297, 3.2).
-        trace!(capsule = kind, "ignored capsule");
-    }
 }
 
 struct SessionStreams {
@@ -538,169 +466,5 @@ async fn read_datagrams(
         {
             dropped();
         }
-    }
-}
-
-/// Sends replies on the control stream, events on event streams and telemetry as datagrams.
-struct Writer {
-    quic: quinn::Connection,
-    session_id: u64,
-    /// Quarter stream id that starts every datagram of this session (RFC 9297, 2.1).
-    prefix: Bytes,
-    lanes: Vec<Option<quinn::SendStream>>,
-    /// Lane of each topic seen while lanes were still free; other topics go by hash.
-    assigned: std::collections::HashMap<crate::topic::Topic, usize>,
-    write_timeout: Duration,
-    metrics: SharedMetrics,
-    /// Cursor of the last event fully written, reported when the peer is too slow.
-    last_cursor: Option<Cursor>,
-}
-
-/// Why the writer stopped.
-enum WriteError {
-    Failed(String),
-    Stalled,
-}
-
-async fn write_loop(
-    mut writer: Writer,
-    mut out: mpsc::Receiver<Outbound>,
-    mut control: mpsc::Receiver<tokio::io::WriteHalf<WtBidi>>,
-    end: mpsc::Sender<End>,
-) {
-    let Some(mut control) = control.recv().await else {
-        return;
-    };
-    let write_timeout = writer.write_timeout;
-    while let Some(outbound) = out.recv().await {
-        let write = writer.write(&mut control, outbound);
-        let result = match tokio::time::timeout(write_timeout, write).await {
-            Ok(result) => result,
-            Err(_) => Err(WriteError::Stalled),
-        };
-        match result {
-            Ok(()) => {}
-            Err(WriteError::Stalled) => {
-                Metrics::add(&writer.metrics.disconnected_slow);
-                let _ = end.send(End::TooSlow(writer.last_cursor)).await;
-                return;
-            }
-            Err(WriteError::Failed(e)) => {
-                debug!(session = writer.session_id, error = %e, "WebTransport write failed");
-                let _ = end.send(End::Connection(e)).await;
-                return;
-            }
-        }
-    }
-}
-
-impl Writer {
-    async fn write(
-        &mut self,
-        control: &mut tokio::io::WriteHalf<WtBidi>,
-        outbound: Outbound,
-    ) -> Result<(), WriteError> {
-        let failed = |e: std::io::Error| WriteError::Failed(e.to_string());
-        match outbound {
-            Outbound::Reply(json) => control
-                .write_all(&wire::length_prefixed(&json))
-                .await
-                .map_err(failed),
-            Outbound::Delivery { sub, delivery } => match &delivery {
-                Delivery::Resync { cursor, .. } => {
-                    let json = wire::delivery_json(&delivery, Some(sub));
-                    control
-                        .write_all(&wire::length_prefixed(&json))
-                        .await
-                        .map_err(failed)?;
-                    self.last_cursor = Some(*cursor);
-                    Ok(())
-                }
-                Delivery::Message(message) if message.class == Class::Telemetry => {
-                    if self.send_datagram(message) {
-                        return Ok(());
-                    }
-                    Metrics::add(&self.metrics.datagrams_oversized);
-                    self.write_lane(message).await
-                }
-                Delivery::Message(message) => {
-                    self.write_lane(message).await?;
-                    if message.cursor.is_some() {
-                        self.last_cursor = message.cursor;
-                    }
-                    Ok(())
-                }
-            },
-        }
-    }
-
-    /// Sends telemetry as one datagram; returns `false` when it does not fit the current
-    /// maximum datagram size, so the caller sends it on a stream instead.
-    fn send_datagram(&self, message: &Message) -> bool {
-        let datagram = wire::prefixed_datagram(message, &self.prefix);
-        let Some(max) = self.quic.max_datagram_size() else {
-            return false;
-        };
-        if datagram.len() > max {
-            return false;
-        }
-        // quinn drops the oldest queued datagrams when its send buffer is full, never blocking.
-        let sent = self.quic.send_datagram(datagram).is_ok();
-        if sent {
-            Metrics::add(&self.metrics.datagrams_sent);
-        }
-        sent
-    }
-
-    /// Picks the event stream of a topic: its own while streams are left, then one shared by
-    /// hash. A topic keeps its stream for the session, so its events stay in order.
-    fn lane(&mut self, topic: &crate::topic::Topic) -> usize {
-        if let Some(index) = self.assigned.get(topic) {
-            return *index;
-        }
-        if self.assigned.len() < self.lanes.len() {
-            let index = self.assigned.len();
-            self.assigned.insert(topic.clone(), index);
-            return index;
-        }
-        let mut hasher = DefaultHasher::new();
-        topic.hash(&mut hasher);
-        (hasher.finish() % self.lanes.len() as u64) as usize
-    }
-
-    async fn write_lane(&mut self, message: &Message) -> Result<(), WriteError> {
-        let index = self.lane(&message.topic);
-        // A client may stop an event stream; the frame then goes out once more on a new one,
-        // so stopping a stream never loses an event.
-        for attempt in 0..2 {
-            self.open_lane(index).await?;
-            let Some(stream) = self.lanes[index].as_mut() else {
-                return Ok(());
-            };
-            match stream.write_chunk(wire::frame(message)).await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    debug!(error = %e, attempt, "event stream stopped by the client");
-                    self.lanes[index] = None;
-                }
-            }
-        }
-        Err(WriteError::Failed(
-            "the client stops every event stream".into(),
-        ))
-    }
-
-    async fn open_lane(&mut self, index: usize) -> Result<(), WriteError> {
-        if self.lanes[index].is_none() {
-            let opened = self.quic.open_uni().await;
-            let mut stream = opened.map_err(|e| WriteError::Failed(e.to_string()))?;
-            let mut header = BytesMut::new();
-            varint::put(&mut header, WT_UNI_STREAM);
-            varint::put(&mut header, self.session_id);
-            let written = stream.write_all(&header).await;
-            written.map_err(|e| WriteError::Failed(e.to_string()))?;
-            self.lanes[index] = Some(stream);
-        }
-        Ok(())
     }
 }

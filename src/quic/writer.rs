@@ -1,0 +1,187 @@
+//! The writing side of a WebTransport session: replies on the control stream, events on
+//! server-opened event streams and telemetry as datagrams, every write bounded by the write
+//! timeout.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash as _, Hasher as _};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use super::session::{End, WtBidi};
+use super::varint;
+use crate::commands::Outbound;
+use crate::cursor::Cursor;
+use crate::hub::{Class, Delivery, Message};
+use crate::metrics::{Metrics, SharedMetrics};
+use crate::wire;
+
+/// Stream type of a WebTransport unidirectional stream (draft-ietf-webtrans-http3, 4.2).
+const WT_UNI_STREAM: u64 = 0x54;
+
+/// Sends replies on the control stream, events on event streams and telemetry as datagrams.
+pub(super) struct Writer {
+    pub(super) quic: quinn::Connection,
+    pub(super) session_id: u64,
+    /// Quarter stream id that starts every datagram of this session (RFC 9297, 2.1).
+    pub(super) prefix: Bytes,
+    pub(super) lanes: Vec<Option<quinn::SendStream>>,
+    /// Lane of each topic seen while lanes were still free; other topics go by hash.
+    pub(super) assigned: std::collections::HashMap<crate::topic::Topic, usize>,
+    pub(super) write_timeout: Duration,
+    pub(super) metrics: SharedMetrics,
+    /// Cursor of the last event fully written, reported when the peer is too slow.
+    pub(super) last_cursor: Option<Cursor>,
+}
+
+/// Why the writer stopped.
+enum WriteError {
+    Failed(String),
+    Stalled,
+}
+
+pub(super) async fn write_loop(
+    mut writer: Writer,
+    mut out: mpsc::Receiver<Outbound>,
+    mut control: mpsc::Receiver<tokio::io::WriteHalf<WtBidi>>,
+    end: mpsc::Sender<End>,
+) {
+    let Some(mut control) = control.recv().await else {
+        return;
+    };
+    let write_timeout = writer.write_timeout;
+    while let Some(outbound) = out.recv().await {
+        let write = writer.write(&mut control, outbound);
+        let result = match tokio::time::timeout(write_timeout, write).await {
+            Ok(result) => result,
+            Err(_) => Err(WriteError::Stalled),
+        };
+        match result {
+            Ok(()) => {}
+            Err(WriteError::Stalled) => {
+                Metrics::add(&writer.metrics.disconnected_slow);
+                let _ = end.send(End::TooSlow(writer.last_cursor)).await;
+                return;
+            }
+            Err(WriteError::Failed(e)) => {
+                debug!(session = writer.session_id, error = %e, "WebTransport write failed");
+                let _ = end.send(End::Connection(e)).await;
+                return;
+            }
+        }
+    }
+}
+
+impl Writer {
+    async fn write(
+        &mut self,
+        control: &mut tokio::io::WriteHalf<WtBidi>,
+        outbound: Outbound,
+    ) -> Result<(), WriteError> {
+        let failed = |e: std::io::Error| WriteError::Failed(e.to_string());
+        match outbound {
+            Outbound::Reply(json) => control
+                .write_all(&wire::length_prefixed(&json))
+                .await
+                .map_err(failed),
+            Outbound::Delivery { sub, delivery } => match &delivery {
+                Delivery::Resync { cursor, .. } => {
+                    let json = wire::delivery_json(&delivery, Some(sub));
+                    control
+                        .write_all(&wire::length_prefixed(&json))
+                        .await
+                        .map_err(failed)?;
+                    self.last_cursor = Some(*cursor);
+                    Ok(())
+                }
+                Delivery::Message(message) if message.class == Class::Telemetry => {
+                    if self.send_datagram(message) {
+                        return Ok(());
+                    }
+                    Metrics::add(&self.metrics.datagrams_oversized);
+                    self.write_lane(message).await
+                }
+                Delivery::Message(message) => {
+                    self.write_lane(message).await?;
+                    if message.cursor.is_some() {
+                        self.last_cursor = message.cursor;
+                    }
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    /// Sends telemetry as one datagram; returns `false` when it does not fit the current
+    /// maximum datagram size, so the caller sends it on a stream instead.
+    fn send_datagram(&self, message: &Message) -> bool {
+        let datagram = wire::prefixed_datagram(message, &self.prefix);
+        let Some(max) = self.quic.max_datagram_size() else {
+            return false;
+        };
+        if datagram.len() > max {
+            return false;
+        }
+        // quinn drops the oldest queued datagrams when its send buffer is full, never blocking.
+        let sent = self.quic.send_datagram(datagram).is_ok();
+        if sent {
+            Metrics::add(&self.metrics.datagrams_sent);
+        }
+        sent
+    }
+
+    /// Picks the event stream of a topic: its own while streams are left, then one shared by
+    /// hash. A topic keeps its stream for the session, so its events stay in order.
+    fn lane(&mut self, topic: &crate::topic::Topic) -> usize {
+        if let Some(index) = self.assigned.get(topic) {
+            return *index;
+        }
+        if self.assigned.len() < self.lanes.len() {
+            let index = self.assigned.len();
+            self.assigned.insert(topic.clone(), index);
+            return index;
+        }
+        let mut hasher = DefaultHasher::new();
+        topic.hash(&mut hasher);
+        (hasher.finish() % self.lanes.len() as u64) as usize
+    }
+
+    async fn write_lane(&mut self, message: &Message) -> Result<(), WriteError> {
+        let index = self.lane(&message.topic);
+        // A client may stop an event stream; the frame then goes out once more on a new one,
+        // so stopping a stream never loses an event.
+        for attempt in 0..2 {
+            self.open_lane(index).await?;
+            let Some(stream) = self.lanes[index].as_mut() else {
+                return Ok(());
+            };
+            match stream.write_chunk(wire::frame(message)).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    debug!(error = %e, attempt, "event stream stopped by the client");
+                    self.lanes[index] = None;
+                }
+            }
+        }
+        Err(WriteError::Failed(
+            "the client stops every event stream".into(),
+        ))
+    }
+
+    async fn open_lane(&mut self, index: usize) -> Result<(), WriteError> {
+        if self.lanes[index].is_none() {
+            let opened = self.quic.open_uni().await;
+            let mut stream = opened.map_err(|e| WriteError::Failed(e.to_string()))?;
+            let mut header = BytesMut::new();
+            varint::put(&mut header, WT_UNI_STREAM);
+            varint::put(&mut header, self.session_id);
+            let written = stream.write_all(&header).await;
+            written.map_err(|e| WriteError::Failed(e.to_string()))?;
+            self.lanes[index] = Some(stream);
+        }
+        Ok(())
+    }
+}
