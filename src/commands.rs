@@ -6,6 +6,7 @@
 //! and its other subscriptions untouched.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -15,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::cursor::Cursor;
 use crate::error::RequestError;
-use crate::hub::{Class, Delivery, Hub};
+use crate::hub::{Class, Delivery, Hub, Message, Subscription};
 use crate::topic::{Filter, Topic};
 use crate::wire::to_json;
 
@@ -96,10 +97,15 @@ pub fn error_reply(id: Option<u64>, code: &'static str, message: &str) -> Bytes 
     })
 }
 
+/// A path of its own for telemetry, such as WebTransport datagrams: returns `true` when it sent
+/// the message, `false` when the message must take the ordinary path.
+pub type TelemetryPath = Arc<dyn Fn(&Message) -> bool + Send + Sync>;
+
 /// Per-connection command state: the subscriptions and the datagram aliases.
 pub struct CommandSession {
     hub: Hub,
     out: mpsc::Sender<Outbound>,
+    telemetry_path: Option<TelemetryPath>,
     subscriptions: HashMap<u64, JoinHandle<()>>,
     next_sub: u64,
     max_subscriptions: usize,
@@ -113,12 +119,20 @@ impl CommandSession {
         Self {
             hub,
             out,
+            telemetry_path: None,
             subscriptions: HashMap::new(),
             next_sub: 1,
             max_subscriptions,
             aliases: HashMap::new(),
             max_aliases: 1024,
         }
+    }
+
+    /// Sends telemetry through `path` whenever it takes it, so telemetry never waits behind
+    /// events the connection cannot write yet.
+    pub fn with_telemetry_path(mut self, path: TelemetryPath) -> Self {
+        self.telemetry_path = Some(path);
+        self
     }
 
     /// Topic registered under a datagram alias.
@@ -248,7 +262,7 @@ impl CommandSession {
         }
         let filters = parse_filters(&filters)?;
         let cursor = cursor.map(|c| c.parse::<Cursor>()).transpose()?;
-        let mut subscription = self.hub.subscribe(filters, cursor)?;
+        let subscription = self.hub.subscribe(filters, cursor)?;
 
         let sub = self.next_sub;
         self.next_sub += 1;
@@ -264,20 +278,55 @@ impl CommandSession {
             return Ok(());
         }
         let out = self.out.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let delivery = subscription.recv().await;
-                if out
-                    .send(Outbound::Delivery { sub, delivery })
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        });
+        let path = self.telemetry_path.clone();
+        let task = tokio::spawn(forward(subscription, sub, out, path));
         self.subscriptions.insert(sub, task);
         Ok(())
+    }
+}
+
+/// Moves one subscription's deliveries to the connection's writer. With a telemetry path,
+/// telemetry skips the writer, including while the writer has no room for the next event.
+async fn forward(
+    mut subscription: Subscription,
+    sub: u64,
+    out: mpsc::Sender<Outbound>,
+    path: Option<TelemetryPath>,
+) {
+    let takes = |delivery: &Delivery| match (&path, delivery) {
+        (Some(path), Delivery::Message(m)) if m.class == Class::Telemetry => path(m),
+        _ => false,
+    };
+    loop {
+        let delivery = subscription.recv().await;
+        if takes(&delivery) {
+            continue;
+        }
+        // Wait for room in the writer; telemetry that arrives meanwhile takes its own path, or,
+        // too large for it, waits in one slot where a newer value replaces an older one.
+        let mut held: Option<Arc<Message>> = None;
+        let permit = loop {
+            tokio::select! {
+                permit = out.reserve() => break permit,
+                telemetry = subscription.recv_telemetry(), if path.is_some() => {
+                    if !takes(&Delivery::Message(telemetry.clone())) {
+                        held = Some(telemetry);
+                    }
+                }
+            }
+        };
+        let Ok(permit) = permit else { return };
+        permit.send(Outbound::Delivery { sub, delivery });
+        if let Some(telemetry) = held {
+            let delivery = Delivery::Message(telemetry);
+            if out
+                .send(Outbound::Delivery { sub, delivery })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
     }
 }
 

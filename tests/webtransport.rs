@@ -268,3 +268,26 @@ async fn each_topic_gets_its_own_stream_while_free() {
     topics.sort();
     assert_eq!(topics, ["own/a", "own/b"]);
 }
+
+#[tokio::test]
+async fn telemetry_does_not_wait_behind_blocked_events() {
+    let server = TestServer::start().await;
+    let mut client = WtClient::connect(&server).await.unwrap();
+    subscribe(&mut client, &["mix/#"]).await;
+
+    // The client never reads its event streams, so flow control soon holds the events back
+    // and the session's writer waits for credit that does not come.
+    let big = "e".repeat(60_000);
+    for _ in 0..100 {
+        server.publish("mix/log", &big).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    server.publish_telemetry("mix/temp", "17.25").await;
+    let datagram = within("telemetry datagram", client.connection.receive_datagram())
+        .await
+        .unwrap();
+    let (topic, payload) = parse_datagram(&datagram);
+    assert_eq!(topic, "mix/temp");
+    assert_eq!(payload, b"17.25");
+}

@@ -220,6 +220,37 @@ impl Subscription {
         &self.shared.filters
     }
 
+    /// Takes the oldest queued telemetry, skipping the events queued before it, or a value the
+    /// queue conflated. Transports that send telemetry on a path of its own (WebTransport
+    /// datagrams) use this while their event path is blocked.
+    pub fn try_recv_telemetry(&mut self) -> Option<Arc<Message>> {
+        let mut queue = lock(&self.shared.queue);
+        let position = queue
+            .items
+            .iter()
+            .position(|d| matches!(d, Delivery::Message(m) if m.class == super::Class::Telemetry));
+        if let Some(Delivery::Message(message)) = position.and_then(|i| queue.items.remove(i)) {
+            queue.bytes -= cost(&message);
+            return Some(message);
+        }
+        let topic = queue.conflated.keys().next()?.clone();
+        queue.conflated.remove(&topic)
+    }
+
+    /// Waits for the next telemetry, leaving events queued.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe, like [`Subscription::recv`].
+    pub async fn recv_telemetry(&mut self) -> Arc<Message> {
+        loop {
+            if let Some(message) = self.try_recv_telemetry() {
+                return message;
+            }
+            self.shared.notify.notified().await;
+        }
+    }
+
     /// Returns the next delivery if one is ready, reading missed events from history first
     /// when the subscriber is lagging.
     pub fn try_recv(&mut self) -> Option<Delivery> {

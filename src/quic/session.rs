@@ -36,12 +36,12 @@ use tokio::sync::{mpsc, Mutex};
 use tracing::debug;
 
 use super::capsule::{close_capsule, watch_connect};
-use super::writer::{write_loop, Writer};
+use super::writer::{send_datagram, write_loop, Writer};
 use super::{request, varint, Context, H3Connection, H3Stream};
-use crate::commands::{CommandSession, Outbound};
+use crate::commands::{CommandSession, Outbound, TelemetryPath};
 use crate::cursor::Cursor;
 use crate::error::wt_code;
-use crate::hub::Class;
+use crate::hub::{Class, Message};
 use crate::metrics::Metrics;
 use crate::topic::Topic;
 use crate::wire;
@@ -142,19 +142,29 @@ pub(super) async fn run(
 
     let (connect_send, connect_recv) = connect.split();
     let (out_tx, out_rx) = mpsc::channel::<Outbound>(64);
-    let commands = Arc::new(Mutex::new(CommandSession::new(
-        context.hub.clone(),
-        out_tx,
-        context.limits.max_subscriptions,
-    )));
-    let (control_tx, control_rx) = mpsc::channel::<tokio::io::WriteHalf<WtBidi>>(1);
-    let (end_tx, mut end_rx) = mpsc::channel::<End>(4);
-
     let prefix = {
         let mut p = BytesMut::new();
         varint::put(&mut p, session_id / 4);
         p.freeze()
     };
+    // Telemetry goes out as datagrams straight from each subscription, so it never waits
+    // behind events that the client's flow control holds back.
+    let telemetry_path: TelemetryPath = {
+        let quic = quic.clone();
+        let prefix = prefix.clone();
+        let metrics = context.metrics.clone();
+        Arc::new(move |message: &Message| send_datagram(&quic, &prefix, &metrics, message))
+    };
+    let commands = CommandSession::new(
+        context.hub.clone(),
+        out_tx,
+        context.limits.max_subscriptions,
+    )
+    .with_telemetry_path(telemetry_path);
+    let commands = Arc::new(Mutex::new(commands));
+    let (control_tx, control_rx) = mpsc::channel::<tokio::io::WriteHalf<WtBidi>>(1);
+    let (end_tx, mut end_rx) = mpsc::channel::<End>(4);
+
     let writer = Writer {
         quic: quic.clone(),
         session_id,

@@ -115,22 +115,8 @@ impl Writer {
         }
     }
 
-    /// Sends telemetry as one datagram; returns `false` when it does not fit the current
-    /// maximum datagram size, so the caller sends it on a stream instead.
     fn send_datagram(&self, message: &Message) -> bool {
-        let datagram = wire::prefixed_datagram(message, &self.prefix);
-        let Some(max) = self.quic.max_datagram_size() else {
-            return false;
-        };
-        if datagram.len() > max {
-            return false;
-        }
-        // quinn drops the oldest queued datagrams when its send buffer is full, never blocking.
-        let sent = self.quic.send_datagram(datagram).is_ok();
-        if sent {
-            Metrics::add(&self.metrics.datagrams_sent);
-        }
-        sent
+        send_datagram(&self.quic, &self.prefix, &self.metrics, message)
     }
 
     /// Picks the event stream of a topic: its own while streams are left, then one shared by
@@ -183,5 +169,31 @@ impl Writer {
             self.lanes[index] = Some(stream);
         }
         Ok(())
+    }
+}
+
+/// Sends telemetry as one datagram behind the session's `prefix`. Returns `false` when it does
+/// not fit the current maximum datagram size (or the peer takes no datagrams), so the caller
+/// sends it on a stream instead; a datagram quinn cannot send for any other reason is dropped,
+/// as telemetry may be.
+pub(super) fn send_datagram(
+    quic: &quinn::Connection,
+    prefix: &Bytes,
+    metrics: &Metrics,
+    message: &Message,
+) -> bool {
+    let datagram = wire::prefixed_datagram(message, prefix);
+    match quic.max_datagram_size() {
+        Some(max) if datagram.len() <= max => {}
+        _ => return false,
+    }
+    // quinn drops the oldest queued datagrams when its send buffer is full, never blocking.
+    match quic.send_datagram(datagram) {
+        Ok(()) => {
+            Metrics::add(&metrics.datagrams_sent);
+            true
+        }
+        Err(quinn::SendDatagramError::TooLarge) => false,
+        Err(_) => true,
     }
 }

@@ -115,7 +115,7 @@ export function tempDir(prefix) {
   return dir;
 }
 
-/** Binds `port` (0 for any) on `host` and returns the bound port after releasing it. */
+/** Binds `port` (0 for any) on `host`, releases it and returns it, or null when it is taken. */
 function probePort(kind, host, port) {
   return new Promise((resolve) => {
     if (kind === 'tcp') {
