@@ -394,3 +394,82 @@ async fn metrics_endpoint_lists_counters() {
     }
     assert!(text.contains("hubcast_events_published_total 1\n"));
 }
+
+#[tokio::test]
+async fn lagging_websocket_gets_latest_telemetry() {
+    let server = TestServer::start_with(|c| c.hub.queue.max_messages = 16).await;
+    let mut ws = ws_connect(&server).await;
+    ws_send(&mut ws, json!({"op": "subscribe", "filters": ["t/+"]})).await;
+    assert_eq!(ws_next(&mut ws).await["op"], "subscribed");
+
+    // 40,000 readings of 1 KB on four topics while the client reads nothing (quickly enough
+    // that it does not count as a silent peer).
+    let hub = server.server.hub.clone();
+    let published = 40_000;
+    tokio::task::spawn_blocking(move || {
+        for n in 0..published {
+            let topic = Topic::parse(&format!("t/{}", n % 4)).unwrap();
+            hub.publish(topic, Class::Telemetry, None, payload(n))
+                .unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    assert!(server.server.hub.stats().conflated > 0);
+
+    // Draining, the client sees a bounded backlog and then the newest value of every topic.
+    let mut received = 0;
+    let mut latest = [0usize; 4];
+    while latest
+        .iter()
+        .enumerate()
+        .any(|(t, n)| *n != published - 4 + t)
+    {
+        let message = ws_next(&mut ws).await;
+        assert_eq!(message["op"], "telemetry");
+        let n: usize = message["payload"].as_str().unwrap()[..8].parse().unwrap();
+        latest[n % 4] = n;
+        received += 1;
+    }
+    assert!(
+        received < published / 2,
+        "{received} of {published} readings delivered"
+    );
+}
+
+#[tokio::test]
+async fn lagging_past_history_resyncs_on_streams() {
+    let server = TestServer::start_with(|c| {
+        c.hub.queue.max_messages = 16;
+        c.hub.history_max_events = 100;
+    })
+    .await;
+    let mut sse = SseClient::open(&server, "topic=lag", None).await;
+    let mut wt = WtClient::connect(&server).await.unwrap();
+    let reply = wt
+        .call(json!({"op": "subscribe", "filters": ["lag"]}))
+        .await
+        .unwrap();
+    assert_eq!(reply["op"], "subscribed");
+    server.wait_subscribers(2).await;
+    publish_events(&server, "lag", 20_000);
+
+    // SSE: ordered events, then the resync event, with no gap before it.
+    let mut previous: Option<usize> = None;
+    loop {
+        let event = sse.next().await;
+        if event.event.as_deref() == Some("hubcast.resync") {
+            assert!(event.data.contains("\"expired\""), "{}", event.data);
+            break;
+        }
+        let n: usize = event.data[..8].parse().unwrap();
+        if let Some(p) = previous {
+            assert_eq!(n, p + 1, "SSE gap before the resync");
+        }
+        previous = Some(n);
+    }
+    // WebTransport: the resync comes on the control stream.
+    let resync = within("WebTransport resync", wt.reply()).await.unwrap();
+    assert_eq!(resync["op"], "resync");
+    assert_eq!(resync["reason"], "expired");
+}
