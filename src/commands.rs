@@ -52,7 +52,7 @@ pub enum Command {
     },
 }
 
-/// What a connection's writer sends next.
+/// An item for a connection's writer.
 pub enum Outbound {
     /// A JSON reply to a command.
     Reply(Bytes),

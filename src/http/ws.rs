@@ -209,7 +209,7 @@ async fn serve(socket: WebSocket, state: AppState) {
     }
     if closing {
         // Closing a socket with unread input makes the kernel send RST, which can destroy the
-        // close frame before the peer reads it; so the rest of the input is read first.
+        // close frame before the peer reads it. So the rest of the input is read first.
         let drain = async { while let Some(Ok(_)) = stream.next().await {} };
         let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
     }
@@ -232,7 +232,7 @@ fn encode(delivery: &Delivery, sub: u64) -> Message {
     }
 }
 
-/// Whether a read failed on the configured message size limit. axum does not re-export
+/// Tests whether a read failed on the configured message size limit. axum does not re-export
 /// tungstenite's error type, so its message text is the only handle on the cause.
 fn is_capacity_error(error: &axum::Error) -> bool {
     error.to_string().contains("Space limit exceeded")

@@ -209,13 +209,13 @@ impl Subscription {
         Self { hub, shared, start }
     }
 
-    /// Where the subscription starts: the events after this cursor are delivered. It is the
+    /// Returns where the subscription starts: the events after this cursor are delivered. It is the
     /// subscriber's own cursor when it resumes in this epoch, the newest event otherwise.
     pub fn start(&self) -> Cursor {
         self.start
     }
 
-    /// The filters this subscription was made with.
+    /// Returns the filters this subscription was made with.
     pub fn filters(&self) -> &[Filter] {
         &self.shared.filters
     }

@@ -10,7 +10,8 @@ use super::varint;
 
 /// CLOSE_WEBTRANSPORT_SESSION capsule type (draft-ietf-webtrans-http3, 5).
 const CAPSULE_CLOSE: u64 = 0x2843;
-/// Longest capsule hubcast buffers from the CONNECT stream; longer ones end the session.
+/// Maximum capsule size hubcast buffers from the CONNECT stream; a longer capsule ends the
+/// session.
 const MAX_CAPSULE: u64 = 64 * 1024;
 
 /// Encodes a CLOSE_WEBTRANSPORT_SESSION capsule.

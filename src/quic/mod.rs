@@ -1,8 +1,8 @@
 //! The QUIC endpoint: HTTP/3 requests and WebTransport sessions on one UDP port.
 //!
-//! Every connection runs in its own task, and every request in a task of its own, so a panic
-//! inside h3 while serving one peer ends only that peer's task; the accept loop and every other
-//! connection carry on.
+//! Every connection runs in its own task, and every request in a task of its own. A panic inside
+//! h3 while serving one peer therefore ends only that peer's task, while the accept loop and
+//! every other connection carry on.
 
 mod capsule;
 mod request;
@@ -219,7 +219,7 @@ fn is_webtransport(request: &http::Request<()>) -> bool {
         && request.extensions().get::<Protocol>() == Some(&Protocol::WEB_TRANSPORT)
 }
 
-/// Answers a CONNECT request that hubcast does not serve, on that stream only.
+/// Rejects a CONNECT request on its own stream, with `status` and `reason` as the response.
 pub(crate) async fn reject_connect(mut stream: H3Stream, status: StatusCode, reason: &str) {
     let response = http::Response::builder().status(status).body(());
     if let Ok(response) = response {

@@ -74,7 +74,7 @@ enum Incoming {
     Closed,
 }
 
-/// Why a session ended.
+/// Reason a session ended.
 #[derive(Debug)]
 #[allow(
     dead_code,

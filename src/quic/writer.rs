@@ -37,7 +37,7 @@ pub(super) struct Writer {
     pub(super) last_cursor: Option<Cursor>,
 }
 
-/// Why the writer stopped.
+/// Reason the writer stopped.
 enum WriteError {
     Failed(String),
     Stalled,
@@ -187,7 +187,7 @@ pub(super) fn send_datagram(
         Some(max) if datagram.len() <= max => {}
         _ => return false,
     }
-    // quinn drops the oldest queued datagrams when its send buffer is full, never blocking.
+    // quinn 0.11 discards the oldest unsent datagrams to make room, so this never blocks.
     match quic.send_datagram(datagram) {
         Ok(()) => {
             Metrics::add(&metrics.datagrams_sent);
