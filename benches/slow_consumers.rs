@@ -51,6 +51,11 @@ fn resident_kib(pid: u32) -> u64 {
 
 /// Reads the live subscription count from the metrics endpoint.
 async fn subscribers(http: SocketAddr) -> u64 {
+    metric(http, "hubcast_subscribers").await
+}
+
+/// Reads one value from the metrics endpoint, `u64::MAX` when it is missing.
+async fn metric(http: SocketAddr, name: &str) -> u64 {
     let mut socket = tokio::net::TcpStream::connect(http).await.unwrap();
     let request = format!("GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n");
     socket.write_all(request.as_bytes()).await.unwrap();
@@ -59,7 +64,7 @@ async fn subscribers(http: SocketAddr) -> u64 {
         .await
         .unwrap();
     body.lines()
-        .find_map(|l| l.strip_prefix("hubcast_subscribers "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(u64::MAX)
 }
@@ -195,6 +200,7 @@ async fn main() {
     publish_for(http, Duration::from_secs(seconds.min(5))).await;
     tokio::time::sleep(SETTLE).await;
     let rss_start = resident_kib(pid);
+    let heap_start = metric(http, "hubcast_heap_in_use_bytes").await / 1024;
     recording.store(true, Ordering::Relaxed);
 
     // Slow subscribers: an SSE request, then never a read.
@@ -233,6 +239,7 @@ async fn main() {
     tokio::time::sleep(SETTLE).await;
     let rss_end = resident_kib(pid);
     let subscribers_end = subscribers(http).await;
+    let heap_end = metric(http, "hubcast_heap_in_use_bytes").await / 1024;
     for task in fast {
         task.abort();
     }
@@ -263,6 +270,8 @@ async fn main() {
         peak.load(Ordering::Relaxed)
     );
     println!("subscribers after slow  {subscribers_end} (the fast ones remain)");
+    println!("heap in use at start    {heap_start} KiB");
+    println!("heap in use after slow  {heap_end} KiB");
     println!(
         "server RSS after slow   {} KiB ({:+.1}% of start)",
         rss_end,

@@ -130,6 +130,14 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
+        if let Some(bytes) = crate::memory::heap_in_use() {
+            let name = "hubcast_heap_in_use_bytes";
+            let help = "Heap bytes allocated and not yet freed, as glibc reports them.";
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {bytes}"
+            );
+        }
         out
     }
 }
