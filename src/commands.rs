@@ -148,12 +148,11 @@ impl CommandSession {
     /// Parses and runs one command, then queues its reply. Returns `false` once the writer is
     /// gone, which ends the connection.
     pub async fn handle(&mut self, text: &[u8], allow_alias: bool) -> bool {
-        let command: Command = match serde_json::from_slice(text) {
+        let command = match parse_command(text) {
             Ok(command) => command,
-            Err(e) => {
-                let message = format!("invalid command: {e}");
+            Err((id, message)) => {
                 return self
-                    .send(error_reply(None, "invalid_command", &message))
+                    .send(error_reply(id, "invalid_command", &message))
                     .await;
             }
         };
@@ -213,7 +212,9 @@ impl CommandSession {
                         .decode(encoded)
                         .map(Bytes::from)
                         .map_err(|e| {
-                            RequestError::InvalidPayload(format!("invalid payload_b64: {e}"))
+                            RequestError::InvalidPayload(format!(
+                                "invalid payload_b64 ({e}): use standard base64 with = padding"
+                            ))
                         })?,
                     (None, None) => Bytes::new(),
                     (Some(_), Some(_)) => {
@@ -336,6 +337,27 @@ impl Drop for CommandSession {
             task.abort();
         }
     }
+}
+
+/// Parses a command, or returns the error message with the command's `id` when it has one, so
+/// a client that sends several commands at once can tell which one failed.
+fn parse_command(text: &[u8]) -> Result<Command, (Option<u64>, String)> {
+    let value: serde_json::Value = serde_json::from_slice(text)
+        .map_err(|e| (None, format!("invalid command: not JSON ({e})")))?;
+    let Some(object) = value.as_object() else {
+        let message = "invalid command: send a JSON object with an \"op\" field".to_owned();
+        return Err((None, message));
+    };
+    let id = object.get("id").and_then(serde_json::Value::as_u64);
+    let op = match object.get("op").and_then(serde_json::Value::as_str) {
+        Some(op) => op.chars().take(32).collect::<String>(),
+        None => {
+            let message = "invalid command: missing \"op\": use subscribe, unsubscribe, \
+                           publish, alias or ping";
+            return Err((id, message.to_owned()));
+        }
+    };
+    serde_json::from_value(value).map_err(|e| (id, format!("invalid {op:?} command: {e}")))
 }
 
 fn command_id(command: &Command) -> Option<u64> {

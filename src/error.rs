@@ -66,9 +66,7 @@ impl RequestError {
             Self::Publish(PublishError::PayloadTooLarge { .. }) | Self::BodyTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            Self::LimitExceeded(_) | Self::Subscribe(SubscribeError::TooManyFilters { .. }) => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::UnknownSubscription(_) => StatusCode::NOT_FOUND,
             _ => StatusCode::BAD_REQUEST,
         }

@@ -28,7 +28,10 @@ pub enum StartError {
     Certificate(#[from] CertError),
     #[error("invalid certificate or key: {0}")]
     Tls(#[from] rustls::Error),
-    #[error("failed to listen on {addr} ({transport}): {source}")]
+    #[error(
+        "failed to listen on {addr} ({transport}): {source}; pick another address with \
+         --http-listen or --quic-listen"
+    )]
     Bind {
         addr: SocketAddr,
         transport: &'static str,
@@ -139,7 +142,9 @@ impl Server {
 
         for listener in listeners {
             let addr = listener.local_addr().ok();
-            info!(addr = ?addr, "listening for HTTP/1.1 (WebSocket, SSE, polling, demo)");
+            if let Some(addr) = addr {
+                info!(%addr, "listening for HTTP/1.1 (WebSocket, SSE, polling, demo)");
+            }
             let app = app.clone();
             let token = shutdown.clone();
             let listener = TimedListener::new(

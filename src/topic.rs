@@ -34,10 +34,18 @@ pub enum TopicError {
     TooLong { len: usize },
     #[error("topic has {count} segments, the maximum is {MAX_SEGMENTS}")]
     TooManySegments { count: usize },
-    #[error("topic {topic:?} has an empty segment: remove the leading, trailing or doubled `/`")]
+    #[error(
+        "{topic:?} has an empty segment: remove the leading, trailing or doubled `/` (in a URL, \
+         write the `#` wildcard as %23, since `#` starts the fragment)"
+    )]
     EmptySegment { topic: String },
-    #[error("topic {topic:?} contains a control character")]
+    #[error("{topic:?} contains a control character")]
     ControlCharacter { topic: String },
+    #[error(
+        "{topic:?} contains a space (in a URL query, `+` decodes to a space: write the `+` \
+         wildcard as %2B)"
+    )]
+    Space { topic: String },
     #[error(
         "topic name {topic:?} contains the wildcard `{wildcard}`: wildcards are allowed only in \
          subscription filters"
@@ -60,6 +68,12 @@ fn check_common(text: &str) -> Result<(), TopicError> {
     }
     if text.chars().any(char::is_control) {
         return Err(TopicError::ControlCharacter {
+            topic: text.to_owned(),
+        });
+    }
+    // Topics never contain spaces, so a space is almost always a `+` that a URL decoded.
+    if text.contains(' ') {
+        return Err(TopicError::Space {
             topic: text.to_owned(),
         });
     }
@@ -249,6 +263,10 @@ mod tests {
         assert!(matches!(
             Topic::parse("a\nb"),
             Err(TopicError::ControlCharacter { .. })
+        ));
+        assert!(matches!(
+            Filter::parse("a/ /b"),
+            Err(TopicError::Space { .. })
         ));
         let long = "a".repeat(MAX_TOPIC_LEN + 1);
         assert!(matches!(

@@ -442,3 +442,151 @@ async fn websocket_close_is_answered() {
         other => panic!("expected a close reply, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn query_decoding_rejects_bad_text() {
+    let server = TestServer::start().await;
+    let client = reqwest::Client::new();
+    // Bytes that are not UTF-8 are an error, not a replacement character.
+    let response = client
+        .post(server.url("/v1/publish?topic=u/%FE"))
+        .body("y")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_parameter");
+
+    // An unencoded `+` arrives as a space; the error says how to write the wildcard.
+    let response = reqwest::get(server.url("/v1/events?topic=sensors/+/temp"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_filter");
+    assert!(body["message"].as_str().unwrap().contains("%2B"), "{body}");
+    assert_eq!(server.server.hub.stats().events_published, 0);
+}
+
+#[tokio::test]
+async fn declared_oversized_body_is_rejected_early() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let server = TestServer::start_with(|c| c.hub.max_payload_bytes = 1024).await;
+    let mut socket = tokio::net::TcpStream::connect(server.http).await.unwrap();
+    let request = format!(
+        "POST /v1/publish?topic=big HTTP/1.1\r\nHost: {}\r\nContent-Length: 5000000\r\n\r\n",
+        server.http
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    // No body is sent: the 413 must come from the header alone.
+    let mut head = vec![0u8; 64];
+    let n = within("413 response", socket.read(&mut head))
+        .await
+        .unwrap();
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+}
+
+#[tokio::test]
+async fn websocket_replies_precede_close() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = TestServer::start().await;
+    for closer in ["binary", "close"] {
+        let mut ws = ws_connect(&server).await;
+        for n in 0..20 {
+            let command = json!({"op": "publish", "id": n, "topic": "p", "payload": "x"});
+            ws.send(Message::text(command.to_string())).await.unwrap();
+        }
+        match closer {
+            "binary" => ws.send(Message::binary(vec![1u8])).await.unwrap(),
+            _ => {
+                let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                    code: 1000u16.into(),
+                    reason: "".into(),
+                };
+                ws.send(Message::Close(Some(frame))).await.unwrap()
+            }
+        }
+        let mut acks = Vec::new();
+        let code = loop {
+            match within("reply or close", ws.next()).await {
+                Some(Ok(Message::Text(text))) => {
+                    let reply: Value = serde_json::from_str(&text).unwrap();
+                    assert_eq!(reply["op"], "ack", "{reply}");
+                    acks.push(reply["id"].as_u64().unwrap());
+                }
+                Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                other => panic!("{closer}: connection ended without a close frame: {other:?}"),
+            }
+        };
+        // After a client's Close, RFC 6455 (5.5.1) lets no more data frames follow, so only the
+        // server's own close waits for every reply.
+        if closer == "binary" {
+            assert_eq!(acks, (0..20).collect::<Vec<u64>>());
+        }
+        let expected = if closer == "binary" { 1003 } else { 1000 };
+        assert_eq!(code, Some(expected), "{closer}");
+    }
+}
+
+#[tokio::test]
+async fn websocket_message_just_over_limit_gets_1009() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = TestServer::start_with(|c| c.hub.max_payload_bytes = 300).await;
+    let max = server.server_max_command();
+    let mut ws = ws_connect(&server).await;
+    let padding = "x".repeat(max + 1 - r#"{"op":"ping","pad":""}"#.len());
+    let message = format!(r#"{{"op":"ping","pad":"{padding}"}}"#);
+    assert_eq!(message.len(), max + 1);
+    ws.send(Message::text(message)).await.unwrap();
+    let close = within("close frame", ws.next()).await.unwrap().unwrap();
+    match close {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1009),
+        other => panic!("expected close 1009, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn command_errors_keep_their_id() {
+    let server = TestServer::start().await;
+    let mut ws = ws_connect(&server).await;
+    ws_send(&mut ws, json!({"op": "unsubscribe", "id": 11})).await;
+    let reply = ws_next(&mut ws).await;
+    assert_eq!(reply["code"], "invalid_command");
+    assert_eq!(reply["id"], 11);
+    assert!(
+        reply["message"].as_str().unwrap().contains("sub"),
+        "{reply}"
+    );
+
+    ws_send(&mut ws, json!({"id": 12})).await;
+    let reply = ws_next(&mut ws).await;
+    assert_eq!(reply["id"], 12);
+    assert!(reply["message"].as_str().unwrap().contains("op"), "{reply}");
+
+    ws_send(&mut ws, json!([1, 2])).await;
+    let reply = ws_next(&mut ws).await;
+    assert_eq!(reply["code"], "invalid_command");
+}
+
+#[tokio::test]
+async fn websocket_upgrade_errors_say_why() {
+    let server = TestServer::start().await;
+    let response = reqwest::Client::new()
+        .get(server.url("/v1/ws"))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_client_error(), "{}", response.status());
+    let text = response.text().await.unwrap();
+    assert!(text.to_lowercase().contains("key"), "{text}");
+}

@@ -101,15 +101,30 @@ async fn add_alt_svc(
     response
 }
 
+/// Decodes one `application/x-www-form-urlencoded` component (`+` is a space), rejecting
+/// bytes that do not form UTF-8 instead of replacing them.
+fn decode_component(text: &str) -> Result<String, RequestError> {
+    let spaced = text.replace('+', " ");
+    let bytes: Vec<u8> = percent_encoding::percent_decode_str(&spaced).collect();
+    String::from_utf8(bytes).map_err(|_| {
+        RequestError::InvalidParameter(format!(
+            "query component {:?} is not UTF-8 once percent-decoded: percent-encode UTF-8 text",
+            text.chars().take(64).collect::<String>()
+        ))
+    })
+}
+
 /// Query parameters as name and value pairs, with unknown names rejected.
 pub(crate) struct Query(Vec<(String, String)>);
 
 impl Query {
     /// Parses a query string, accepting only the names in `known`.
     pub(crate) fn parse(raw: Option<&str>, known: &[&str]) -> Result<Self, RequestError> {
-        let pairs: Vec<(String, String)> = form_urlencoded::parse(raw.unwrap_or("").as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
+        let mut pairs = Vec::new();
+        for part in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = part.split_once('=').unwrap_or((part, ""));
+            pairs.push((decode_component(name)?, decode_component(value)?));
+        }
         if let Some((name, _)) = pairs.iter().find(|(k, _)| !known.contains(&k.as_str())) {
             return Err(RequestError::InvalidParameter(format!(
                 "unknown query parameter {:?}: this route accepts {}",

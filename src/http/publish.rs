@@ -22,6 +22,7 @@ pub(super) struct Published {
 pub(super) async fn publish(
     State(state): State<AppState>,
     RawQuery(raw): RawQuery,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<Json<Published>, RequestError> {
     let query = Query::parse(raw.as_deref(), &["topic", "event", "class"])?;
@@ -33,6 +34,14 @@ pub(super) async fn publish(
     let name = query.one("event")?;
 
     let max = state.hub.config().max_payload_bytes;
+    // A declared length over the maximum is rejected before any of the body is read.
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(RequestError::BodyTooLarge { max });
+    }
     let payload = read_body(body, max).await?;
     let cursor = state.hub.publish(topic.clone(), class, name, payload)?;
     Ok(Json(Published {

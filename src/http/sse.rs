@@ -41,10 +41,16 @@ pub(super) async fn events(
     };
     // A reconnecting EventSource repeats the original URL and adds Last-Event-ID, which is the
     // newer position, so the header wins over the query parameter.
-    let last_event_id = headers
-        .get("last-event-id")
-        .map(|v| v.to_str().unwrap_or("\u{fffd}"))
-        .filter(|v| !v.is_empty());
+    let last_event_id =
+        match headers.get("last-event-id").map(|v| v.to_str()) {
+            None => None,
+            Some(Ok(value)) => Some(value).filter(|v| !v.is_empty()),
+            Some(Err(_)) => return Err(RequestError::InvalidParameter(
+                "invalid Last-Event-ID header: not visible ASCII; send a cursor exactly as the \
+                 server sent it"
+                    .into(),
+            )),
+        };
     let cursor = last_event_id
         .or(query.one("cursor")?)
         .map(str::parse::<Cursor>)

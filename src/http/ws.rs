@@ -36,17 +36,24 @@ pub(super) async fn upgrade(
     http3: Option<axum::Extension<Http3>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let Some(upgrade) = upgrade.ok().filter(|_| http3.is_none()) else {
+    if http3.is_some() {
         return (
             StatusCode::UPGRADE_REQUIRED,
             "WebSocket needs an HTTP/1.1 upgrade request to the TCP listener\n",
         )
             .into_response();
+    }
+    // axum's rejection names what is wrong with the handshake, such as a missing key.
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
     };
-    let max = state.config.max_command_bytes();
+    // Messages up to twice the limit are read whole and closed with 1009, while the stream can
+    // still carry the close frame; larger ones are cut by tungstenite itself.
+    let hard_max = state.config.max_command_bytes() * 2;
     upgrade
-        .max_message_size(max)
-        .max_frame_size(max)
+        .max_message_size(hard_max)
+        .max_frame_size(hard_max)
         .on_upgrade(move |socket| serve(socket, state))
 }
 
@@ -69,6 +76,18 @@ async fn serve(socket: WebSocket, state: AppState) {
                 close = close_rx.recv() => {
                     let (code, reason) = close.unwrap_or((close_code::GOING_AWAY, "closing"));
                     let frame = CloseFrame { code, reason: reason.into() };
+                    // Replies to the commands read before the close are already queued, and
+                    // go out first so the client learns the fate of each command.
+                    for _ in 0..OUTBOUND_CAPACITY {
+                        let Ok(outbound) = out_rx.try_recv() else { break };
+                        let message = match outbound {
+                            Outbound::Reply(json) => {
+                                Message::Text(Utf8Bytes::try_from(json).unwrap_or_default())
+                            }
+                            Outbound::Delivery { sub, delivery } => encode(&delivery, sub),
+                        };
+                        let _ = sink.feed(message).await;
+                    }
                     // After the peer's Close, tungstenite has queued the reply itself and
                     // refuses another frame; flushing sends the queued one.
                     if sink.send(Message::Close(Some(frame))).await.is_err() {
@@ -148,6 +167,7 @@ async fn serve(socket: WebSocket, state: AppState) {
     let mut session =
         CommandSession::new(state.hub.clone(), out_tx, state.config.max_subscriptions);
     let mut closing = false;
+    let max_message = state.config.max_command_bytes();
     // A live peer answers every heartbeat ping, so silence this long means it is gone.
     let silence = heartbeat + state.config.peer_timeout;
     let mut writer_done = false;
@@ -169,6 +189,16 @@ async fn serve(socket: WebSocket, state: AppState) {
         };
         let Some(received) = received else { break };
         match received {
+            Ok(Message::Text(text)) if text.len() > max_message => {
+                let _ = close_tx
+                    .send((
+                        close_code::MESSAGE_TOO_BIG,
+                        "message larger than the maximum",
+                    ))
+                    .await;
+                closing = true;
+                break;
+            }
             Ok(Message::Text(text)) => {
                 if !session.handle(text.as_bytes(), false).await {
                     break;

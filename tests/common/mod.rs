@@ -74,6 +74,13 @@ impl TestServer {
         }
     }
 
+    /// Largest WebSocket message or control frame the server accepts.
+    pub fn server_max_command(&self) -> usize {
+        let mut config = Config::loopback(self.cert_dir.clone());
+        config.hub.max_payload_bytes = self.server.hub.config().max_payload_bytes;
+        config.max_command_bytes()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http)
     }
