@@ -12,6 +12,9 @@ use hubcast::hub::{Class, Hub, HubConfig, Message, QueueLimits, Subscription};
 use hubcast::topic::{Filter, Topic};
 use hubcast::wire::{self, Encoded};
 
+/// One wire encoding of a message.
+type Encoder = fn(&Message) -> Bytes;
+
 fn new_hub() -> Hub {
     Hub::with_epoch(
         HubConfig {
@@ -102,7 +105,7 @@ fn encoding(c: &mut Criterion) {
         cursor: Some(hubcast::cursor::Cursor::new(0x1234, 42)),
         encoded: Encoded::default(),
     };
-    let formats: [(&str, fn(&Message) -> Bytes); 5] = [
+    let formats: [(&str, Encoder); 5] = [
         ("json", wire::json),
         ("webtransport_frame", wire::frame),
         ("datagram", wire::datagram),
