@@ -50,6 +50,10 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     pub max_payload: usize,
 
+    /// Maximum total payload bytes of the latest telemetry values kept per topic.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    pub retained_bytes: usize,
+
     /// Maximum number of deliveries queued for one subscriber before it lags.
     #[arg(long, value_name = "COUNT", default_value_t = 256)]
     pub queue_messages: usize,
@@ -81,6 +85,11 @@ pub struct Args {
     /// Seconds a WebSocket peer may stay silent after a heartbeat ping before it counts as gone.
     #[arg(long, value_name = "SECONDS", default_value_t = 20)]
     pub peer_timeout: u64,
+
+    /// Seconds a client may take to send a request head; idle keep-alive connections close
+    /// after the same time.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub header_timeout: u64,
 
     /// QUIC idle timeout, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
@@ -115,6 +124,8 @@ pub struct Config {
     pub write_timeout: Duration,
     /// How long a WebSocket peer may stay silent after a heartbeat ping. Default 20 s.
     pub peer_timeout: Duration,
+    /// How long a client may take to send a request head over TCP. Default 30 s.
+    pub header_timeout: Duration,
 }
 
 impl Default for Config {
@@ -148,6 +159,7 @@ impl Args {
                 history_max_events: self.history_events,
                 history_max_bytes: self.history_bytes,
                 max_payload_bytes: self.max_payload,
+                max_retained_bytes: self.retained_bytes,
                 queue: QueueLimits {
                     max_messages: self.queue_messages,
                     max_bytes: self.queue_bytes,
@@ -161,6 +173,7 @@ impl Args {
             idle_timeout: Duration::from_secs(self.idle_timeout.max(1)),
             write_timeout: Duration::from_secs(self.write_timeout.max(1)),
             peer_timeout: Duration::from_secs(self.peer_timeout.max(1)),
+            header_timeout: Duration::from_secs(self.header_timeout.max(1)),
         }
     }
 }

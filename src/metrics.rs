@@ -37,7 +37,7 @@ impl Metrics {
     pub fn render(&self, hub: &Hub) -> String {
         let stats = hub.stats();
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let rows: [(&str, &str, &str, u64); 14] = [
+        let rows: [(&str, &str, &str, u64); 15] = [
             (
                 "hubcast_events_published_total",
                 "counter",
@@ -73,6 +73,12 @@ impl Metrics {
                 "counter",
                 "Resync signals sent.",
                 stats.resyncs,
+            ),
+            (
+                "hubcast_telemetry_not_retained_total",
+                "counter",
+                "Telemetry values not kept as latest because a retained bound was reached.",
+                stats.not_retained,
             ),
             (
                 "hubcast_disconnected_slow_total",

@@ -152,14 +152,14 @@ impl Server {
                 config.write_timeout + SOCKET_TIMEOUT_MARGIN,
                 metrics.clone(),
             );
-            tasks.spawn(async move {
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(token.cancelled_owned())
-                    .await;
-                if let Err(e) = served {
-                    warn!(?addr, error = %e, "HTTP listener failed");
-                }
-            });
+            let header_timeout = config.header_timeout;
+            tasks.spawn(crate::http::serve(
+                listener,
+                app,
+                header_timeout,
+                token,
+                tasks.clone(),
+            ));
         }
 
         let context = quic::Context {

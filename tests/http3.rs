@@ -512,3 +512,41 @@ async fn shutdown_sends_close_capsule() {
     quic.close(0u32.into(), b"");
     within("shutdown", stopping).await.unwrap();
 }
+
+#[tokio::test]
+async fn oversized_header_section_is_refused() {
+    let server = TestServer::start().await;
+    let (_endpoint, quic) = quic_connect(&server).await.unwrap();
+    let _control = send_client_settings(&quic).await.unwrap();
+    let big = "v".repeat(64 * 1024);
+    let fields = [
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":authority", "localhost"),
+        (":path", "/healthz"),
+        ("x-padding", big.as_str()),
+    ];
+    let (mut send, mut recv) = send_headers(&quic, &fields).await.unwrap();
+    send.finish().unwrap();
+    // h3 answers a header section over the limit with 431, or resets the stream.
+    let status = within("oversized headers", read_status(&mut recv)).await;
+    assert!(matches!(status, Ok(431) | Err(_)), "{status:?}");
+
+    // The connection still serves ordinary requests.
+    let (mut send, mut recv) = send_headers(
+        &quic,
+        &[
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":authority", "localhost"),
+            (":path", "/healthz"),
+        ],
+    )
+    .await
+    .unwrap();
+    send.finish().unwrap();
+    assert_eq!(
+        within("healthz", read_status(&mut recv)).await.unwrap(),
+        200
+    );
+}

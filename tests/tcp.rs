@@ -590,3 +590,30 @@ async fn websocket_upgrade_errors_say_why() {
     let text = response.text().await.unwrap();
     assert!(text.to_lowercase().contains("key"), "{text}");
 }
+
+#[tokio::test]
+async fn idle_and_slow_request_heads_are_closed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let server =
+        TestServer::start_with(|c| c.header_timeout = std::time::Duration::from_secs(1)).await;
+    // One connection sends nothing; the other starts a request head and never finishes it.
+    let mut idle = tokio::net::TcpStream::connect(server.http).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(server.http).await.unwrap();
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    for socket in [&mut idle, &mut partial] {
+        let mut buffer = Vec::new();
+        // Without a header timeout this read would wait forever: `within` fails the test then.
+        // The server closes the connection, with a 408 first or a reset.
+        if let Err(e) = within("connection close", socket.read_to_end(&mut buffer)).await {
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+        }
+        let text = String::from_utf8_lossy(&buffer);
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "{text}"
+        );
+    }
+}

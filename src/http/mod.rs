@@ -6,6 +6,7 @@
 
 mod poll;
 mod publish;
+mod serve;
 mod sse;
 mod static_files;
 pub mod timed;
@@ -50,6 +51,8 @@ pub struct CertInfo {
     /// UDP port of the first QUIC listener.
     pub quic_port: u16,
 }
+
+pub use serve::serve;
 
 /// Marks a request that arrived over HTTP/3.
 #[derive(Clone, Copy, Debug)]

@@ -24,6 +24,8 @@ pub struct TimedListener {
     inner: TcpListener,
     write_timeout: Duration,
     metrics: SharedMetrics,
+    /// When accept last failed with a warning; repeats within a minute are logged at debug.
+    last_warning: Option<Instant>,
 }
 
 impl TimedListener {
@@ -32,6 +34,7 @@ impl TimedListener {
             inner,
             write_timeout,
             metrics,
+            last_warning: None,
         }
     }
 }
@@ -63,8 +66,18 @@ impl axum::serve::Listener for TimedListener {
                     );
                 }
                 Err(e) => {
-                    // Running out of file descriptors must not spin the accept loop.
-                    warn!(error = %e, "accepting a TCP connection failed");
+                    // Running out of file descriptors must not spin the accept loop or flood
+                    // the log.
+                    let now = Instant::now();
+                    let recent = self
+                        .last_warning
+                        .is_some_and(|at| now.duration_since(at) < Duration::from_secs(60));
+                    if recent {
+                        debug!(error = %e, "accepting a TCP connection failed");
+                    } else {
+                        self.last_warning = Some(now);
+                        warn!(error = %e, "accepting a TCP connection failed; repeats within a minute are logged at debug level");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }

@@ -64,6 +64,8 @@ pub struct HubConfig {
     pub queue: QueueLimits,
     /// Maximum number of topics whose latest telemetry value is kept. Default 100,000.
     pub max_retained_topics: usize,
+    /// Maximum total payload bytes of the kept telemetry values. Default 64 MiB.
+    pub max_retained_bytes: usize,
     /// Maximum number of filters in one subscription. Default 128.
     pub max_filters: usize,
 }
@@ -76,6 +78,7 @@ impl Default for HubConfig {
             max_payload_bytes: 1 << 20,
             queue: QueueLimits::default(),
             max_retained_topics: 100_000,
+            max_retained_bytes: 64 << 20,
             max_filters: 128,
         }
     }
@@ -182,6 +185,8 @@ pub struct Stats {
     pub conflated: u64,
     /// Resync signals sent.
     pub resyncs: u64,
+    /// Telemetry values not kept as their topic's latest because a retained bound was reached.
+    pub not_retained: u64,
 }
 
 #[derive(Default)]
@@ -192,6 +197,38 @@ struct Counters {
     lagged: AtomicU64,
     conflated: AtomicU64,
     resyncs: AtomicU64,
+    not_retained: AtomicU64,
+}
+
+/// The latest telemetry value per topic, bounded by topic count and payload bytes.
+#[derive(Default)]
+struct Retained {
+    values: HashMap<Topic, Arc<Message>>,
+    bytes: usize,
+}
+
+impl Retained {
+    /// Keeps `message` as its topic's latest value; an empty payload removes the topic's value
+    /// instead, as MQTT clears a retained message. Returns `false` when a bound left the topic
+    /// without a kept value.
+    fn retain(&mut self, message: &Arc<Message>, config: &HubConfig) -> bool {
+        let old = self
+            .values
+            .remove(&message.topic)
+            .map_or(0, |m| m.payload.len());
+        self.bytes -= old;
+        if message.payload.is_empty() {
+            return true;
+        }
+        let fits_bytes = self.bytes + message.payload.len() <= config.max_retained_bytes;
+        let fits_topics = self.values.len() < config.max_retained_topics;
+        if !(fits_bytes && fits_topics) {
+            return false;
+        }
+        self.bytes += message.payload.len();
+        self.values.insert(message.topic.clone(), message.clone());
+        true
+    }
 }
 
 /// Shared handle to a hub. Cloning is cheap.
@@ -205,7 +242,7 @@ struct Inner {
     epoch: u64,
     events: Mutex<History>,
     registry: RwLock<Registry>,
-    latest: Mutex<HashMap<Topic, Arc<Message>>>,
+    latest: Mutex<Retained>,
     counters: Counters,
     next_subscriber: AtomicU64,
 }
@@ -225,7 +262,7 @@ impl Hub {
                 epoch,
                 events: Mutex::new(history),
                 registry: RwLock::new(Registry::default()),
-                latest: Mutex::new(HashMap::new()),
+                latest: Mutex::new(Retained::default()),
                 counters: Counters::default(),
                 next_subscriber: AtomicU64::new(1),
             }),
@@ -258,6 +295,7 @@ impl Hub {
             lagged: c.lagged.load(Ordering::Relaxed),
             conflated: c.conflated.load(Ordering::Relaxed),
             resyncs: c.resyncs.load(Ordering::Relaxed),
+            not_retained: c.not_retained.load(Ordering::Relaxed),
         }
     }
 
@@ -362,12 +400,8 @@ impl Hub {
             cursor: None,
             encoded: Encoded::default(),
         });
-        {
-            let mut latest = lock(&inner.latest);
-            let known = latest.contains_key(&message.topic);
-            if known || latest.len() < inner.config.max_retained_topics {
-                latest.insert(message.topic.clone(), message.clone());
-            }
+        if !lock(&inner.latest).retain(&message, &inner.config) {
+            inner.counters.not_retained.fetch_add(1, Ordering::Relaxed);
         }
         let registry = read(&inner.registry);
         for subscriber in registry.matching(&message.topic) {
@@ -450,9 +484,16 @@ impl Hub {
             shared.push_resync(head, reason);
             inner.counters.resyncs.fetch_add(1, Ordering::Relaxed);
         }
+        write(&inner.registry).insert(&shared);
+        drop(events);
+
+        // Retained values are offered outside the history lock, so a wide filter over many
+        // topics never delays event publishers. Holding the retained lock while offering keeps
+        // a newer live value from being overtaken by an older retained one.
         if latest {
-            let latest = lock(&inner.latest);
-            let mut current: Vec<&Arc<Message>> = latest
+            let retained = lock(&inner.latest);
+            let mut current: Vec<&Arc<Message>> = retained
+                .values
                 .values()
                 .filter(|m| shared.filters().iter().any(|f| f.matches(&m.topic)))
                 .collect();
@@ -461,8 +502,6 @@ impl Hub {
                 shared.offer_telemetry(message);
             }
         }
-        write(&inner.registry).insert(&shared);
-        drop(events);
 
         inner.counters.subscribers.fetch_add(1, Ordering::Relaxed);
         let start = Cursor::new(inner.epoch, start);

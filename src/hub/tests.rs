@@ -146,6 +146,37 @@ fn telemetry_keeps_latest_and_conflates() {
 }
 
 #[test]
+fn retained_telemetry_is_bounded_and_clearable() {
+    let hub = Hub::with_epoch(
+        HubConfig {
+            max_retained_bytes: 10,
+            max_retained_topics: 2,
+            ..HubConfig::default()
+        },
+        1,
+    );
+    let telemetry = |name: &str, value: &'static str| {
+        hub.publish(topic(name), Class::Telemetry, None, Bytes::from(value))
+            .unwrap();
+    };
+    telemetry("s/a", "12345");
+    telemetry("s/b", "12345");
+    // A third topic exceeds both bounds and is not kept.
+    telemetry("s/c", "1");
+    // A larger value would exceed the byte bound, so the topic loses its kept value.
+    telemetry("s/a", "123456");
+    assert_eq!(hub.stats().not_retained, 2);
+    let mut sub = hub.subscribe(filters(&["s/+"]), None).unwrap();
+    assert_eq!(drain(&mut sub), ["12345"]);
+
+    // An empty payload clears the kept value of its topic.
+    telemetry("s/b", "");
+    drop(sub);
+    let mut sub = hub.subscribe(filters(&["s/+"]), None).unwrap();
+    assert!(drain(&mut sub).is_empty());
+}
+
+#[test]
 fn telemetry_does_not_advance_sequence() {
     let hub = hub_with(100, 100);
     let before = hub.head();

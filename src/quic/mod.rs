@@ -28,6 +28,14 @@ use crate::hub::Hub;
 
 pub use session::SessionLimits;
 
+/// Largest request header section accepted over HTTP/3, in bytes (RFC 9114, 4.2.2). h3 0.0.8
+/// sets no limit of its own.
+// NOTE: h3 0.0.8 checks this only once a HEADERS frame has arrived whole; until then it buffers
+// whatever length the frame declares, so a client that never finishes large HEADERS frames can
+// still make the server hold memory. Closing that needs a check of the declared frame length
+// before h3 reads the stream, which means wrapping h3-quinn's stream types.
+const MAX_HEADER_BYTES: u64 = 16 * 1024;
+
 /// How long a closing endpoint waits for its connections to close themselves.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -74,6 +82,8 @@ pub fn server_config(
         .keep_alive_interval(Some(config.idle_timeout / 3))
         .max_concurrent_bidi_streams(256u32.into())
         .max_concurrent_uni_streams(256u32.into())
+        .stream_receive_window((1u32 << 20).into())
+        .receive_window((8u32 << 20).into())
         .datagram_receive_buffer_size(Some(1 << 20))
         .datagram_send_buffer_size(1 << 20);
     server.transport_config(Arc::new(transport));
@@ -136,6 +146,7 @@ async fn handle_connection(connection: quinn::Connection, context: Context) {
         .enable_webtransport(true)
         .enable_extended_connect(true)
         .enable_datagram(true)
+        .max_field_section_size(MAX_HEADER_BYTES)
         .max_webtransport_sessions(1)
         .send_grease(true)
         .build(h3_quinn::Connection::new(connection.clone()))
