@@ -550,3 +550,23 @@ async fn oversized_header_section_is_refused() {
         200
     );
 }
+
+#[tokio::test]
+async fn unfinished_huge_headers_frame_is_stopped() {
+    let server = TestServer::start().await;
+    let (_endpoint, quic) = quic_connect(&server).await.unwrap();
+    let _control = send_client_settings(&quic).await.unwrap();
+    // A HEADERS frame that declares 1,000,000 bytes and delivers only part of them: without a
+    // check of the declared length, the server would wait for the rest and keep buffering.
+    let (mut send, mut recv) = quic.open_bi().await.unwrap();
+    let mut frame = Vec::new();
+    put_varint(&mut frame, 0x01);
+    put_varint(&mut frame, 1_000_000);
+    frame.extend(vec![0u8; 64 * 1024]);
+    let _ = send.write_all(&frame).await;
+    let status = within("stopped stream", read_status(&mut recv)).await;
+    assert!(status.is_err(), "{status:?}");
+    let stopped = within("stop sending", send.stopped()).await;
+    assert!(matches!(stopped, Ok(Some(_))), "{stopped:?}");
+    assert_still_serving(&server, "huge headers frame").await;
+}

@@ -27,7 +27,7 @@ pub(super) fn close_capsule(code: u32, reason: &str) -> Bytes {
 
 /// Reads the CONNECT stream until the session ends, parsing capsules as they come.
 pub(super) async fn watch_connect(
-    mut recv: h3::server::RequestStream<h3_quinn::RecvStream, Bytes>,
+    mut recv: h3::server::RequestStream<super::guard::RecvStream, Bytes>,
     end: mpsc::Sender<End>,
 ) {
     let mut buffer = BytesMut::new();

@@ -5,6 +5,7 @@
 //! every other connection carry on.
 
 mod capsule;
+mod guard;
 mod request;
 mod session;
 mod varint;
@@ -30,10 +31,8 @@ pub use session::SessionLimits;
 
 /// Largest request header section accepted over HTTP/3, in bytes (RFC 9114, 4.2.2). h3 0.0.8
 /// sets no limit of its own.
-// NOTE: h3 0.0.8 checks this only once a HEADERS frame has arrived whole; until then it buffers
-// whatever length the frame declares, so a client that never finishes large HEADERS frames can
-// still make the server hold memory. Closing that needs a check of the declared frame length
-// before h3 reads the stream, which means wrapping h3-quinn's stream types.
+// h3 checks it only once a HEADERS frame has arrived whole, so `guard` also stops any stream
+// whose frames other than DATA declare more than this, before h3 buffers them.
 const MAX_HEADER_BYTES: u64 = 16 * 1024;
 
 /// How long a closing endpoint waits for its connections to close themselves.
@@ -137,8 +136,8 @@ async fn connection_task(connection: quinn::Connection, context: Context) {
     debug!(conn = id, "QUIC connection closed");
 }
 
-type H3Connection = h3::server::Connection<h3_quinn::Connection, Bytes>;
-type H3Stream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+type H3Connection = h3::server::Connection<guard::Connection, Bytes>;
+type H3Stream = h3::server::RequestStream<guard::BidiStream, Bytes>;
 
 async fn handle_connection(connection: quinn::Connection, context: Context) {
     let conn_id = connection.stable_id();
@@ -149,7 +148,10 @@ async fn handle_connection(connection: quinn::Connection, context: Context) {
         .max_field_section_size(MAX_HEADER_BYTES)
         .max_webtransport_sessions(1)
         .send_grease(true)
-        .build(h3_quinn::Connection::new(connection.clone()))
+        .build(guard::Connection::new(
+            h3_quinn::Connection::new(connection.clone()),
+            MAX_HEADER_BYTES,
+        ))
         .await;
     let mut h3: H3Connection = match built {
         Ok(h3) => h3,

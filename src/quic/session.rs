@@ -65,11 +65,11 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// h3 0.0.8 keeps the id of every such stream for the life of the connection.
 const MAX_EXTRA_BIDI: usize = 16;
 
-pub(super) type WtBidi = BufRecvStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+pub(super) type WtBidi = BufRecvStream<super::guard::BidiStream, Bytes>;
 type WtRecv = BufRecvStream<h3_quinn::RecvStream, Bytes>;
 
 enum Incoming {
-    Bidi(h3_quinn::BidiStream<Bytes>),
+    Bidi(super::guard::BidiStream),
     Uni(SessionId, BufRecvStream<h3_quinn::RecvStream, Bytes>),
     Closed,
 }
@@ -330,7 +330,7 @@ async fn next_incoming(h3: &mut H3Connection) -> Result<Incoming, String> {
 /// Reads a new bidirectional stream's first frame in its own task: a WebTransport stream of
 /// this session becomes the control stream, anything else is served as an HTTP/3 request.
 fn accept_bidi(
-    mut resolver: h3::server::RequestResolver<h3_quinn::Connection, Bytes>,
+    mut resolver: h3::server::RequestResolver<super::guard::Connection, Bytes>,
     session: &mut SessionStreams,
 ) {
     let control = session.control.clone();
