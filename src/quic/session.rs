@@ -69,7 +69,7 @@ pub(super) type WtBidi = BufRecvStream<super::guard::BidiStream, Bytes>;
 type WtRecv = BufRecvStream<h3_quinn::RecvStream, Bytes>;
 
 enum Incoming {
-    Bidi(super::guard::BidiStream),
+    Bidi(Box<super::guard::BidiStream>),
     Uni(SessionId, BufRecvStream<h3_quinn::RecvStream, Bytes>),
     Closed,
 }
@@ -283,7 +283,7 @@ async fn drive(
         };
         match incoming {
             Ok(Incoming::Bidi(stream)) => {
-                let resolver = h3.create_resolver(FrameStream::new(BufRecvStream::new(stream)));
+                let resolver = h3.create_resolver(FrameStream::new(BufRecvStream::new(*stream)));
                 accept_bidi(resolver, &mut session);
             }
             Ok(Incoming::Uni(id, stream)) => {
@@ -317,7 +317,7 @@ async fn next_incoming(h3: &mut H3Connection) -> Result<Incoming, String> {
         }
         match h3.poll_accept_request_stream(cx) {
             std::task::Poll::Ready(Ok(Some(stream))) => {
-                std::task::Poll::Ready(Ok(Incoming::Bidi(stream)))
+                std::task::Poll::Ready(Ok(Incoming::Bidi(Box::new(stream))))
             }
             std::task::Poll::Ready(Ok(None)) => std::task::Poll::Ready(Ok(Incoming::Closed)),
             std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e.to_string())),
