@@ -159,7 +159,10 @@ pub enum PublishError {
 /// Why a subscription was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum SubscribeError {
-    #[error("no topic filter given: pass at least one")]
+    #[error(
+        "no topic filter given: pass at least one (the `topic` query parameter, or `filters` in a \
+         subscribe command)"
+    )]
     NoFilters,
     #[error("{count} filters given, the maximum is {max}")]
     TooManyFilters { count: usize, max: usize },
