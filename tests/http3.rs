@@ -229,22 +229,7 @@ async fn unsupported_connect_fails_only_its_stream() {
         .is_err());
 
     // The connection is still up and serves requests.
-    let (mut send, mut recv) = send_headers(
-        &quic,
-        &[
-            (":method", "GET"),
-            (":scheme", "https"),
-            (":authority", "localhost"),
-            (":path", "/healthz"),
-        ],
-    )
-    .await
-    .unwrap();
-    send.finish().unwrap();
-    assert_eq!(
-        within("healthz", read_status(&mut recv)).await.unwrap(),
-        200
-    );
+    assert_eq!(raw_get_status(&quic, "/healthz").await, 200);
 }
 
 /// Opens a session with the raw client, subscribes on its control stream and returns the
@@ -376,22 +361,7 @@ async fn request_before_control_stream_keeps_session() {
     );
 
     // A plain request on the session's connection is served and takes no control slot.
-    let (mut get, mut get_recv) = send_headers(
-        &quic,
-        &[
-            (":method", "GET"),
-            (":scheme", "https"),
-            (":authority", "localhost"),
-            (":path", "/healthz"),
-        ],
-    )
-    .await
-    .unwrap();
-    get.finish().unwrap();
-    assert_eq!(
-        within("healthz", read_status(&mut get_recv)).await.unwrap(),
-        200
-    );
+    assert_eq!(raw_get_status(&quic, "/healthz").await, 200);
 
     // A second session on the same connection is refused with a reason.
     let (_again, mut again_recv) = send_headers(&quic, &connect_headers("webtransport", "/v1/wt"))
@@ -533,22 +503,7 @@ async fn oversized_header_section_is_refused() {
     assert!(matches!(status, Ok(431) | Err(_)), "{status:?}");
 
     // The connection still serves ordinary requests.
-    let (mut send, mut recv) = send_headers(
-        &quic,
-        &[
-            (":method", "GET"),
-            (":scheme", "https"),
-            (":authority", "localhost"),
-            (":path", "/healthz"),
-        ],
-    )
-    .await
-    .unwrap();
-    send.finish().unwrap();
-    assert_eq!(
-        within("healthz", read_status(&mut recv)).await.unwrap(),
-        200
-    );
+    assert_eq!(raw_get_status(&quic, "/healthz").await, 200);
 }
 
 #[tokio::test]

@@ -24,6 +24,17 @@ const ALL: [Via; 5] = [
     Via::Poll,
 ];
 
+/// An SSE event as a payload or `resync:<reason>`.
+fn sse_delivery(event: SseEvent) -> String {
+    match event.event.as_deref() {
+        Some("hubcast.resync") => {
+            let body: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+            format!("resync:{}", body["reason"].as_str().unwrap())
+        }
+        _ => event.data,
+    }
+}
+
 /// Subscribes to `topic` from `cursor` and returns the first `count` deliveries, as payloads
 /// or `resync:<reason>`.
 async fn read_from(
@@ -40,13 +51,7 @@ async fn read_from(
                 SseClient::open(server, &format!("topic={topic}&cursor={cursor}"), None).await;
             while out.len() < count {
                 let event = sse.next().await;
-                out.push(match event.event.as_deref() {
-                    Some("hubcast.resync") => {
-                        let body: serde_json::Value = serde_json::from_str(&event.data).unwrap();
-                        format!("resync:{}", body["reason"].as_str().unwrap())
-                    }
-                    _ => event.data,
-                });
+                out.push(sse_delivery(event));
             }
         }
         Via::Http3Sse => {
@@ -63,13 +68,7 @@ async fn read_from(
             sse.opened().await;
             while out.len() < count {
                 let event = sse.next().await;
-                out.push(match event.event.as_deref() {
-                    Some("hubcast.resync") => {
-                        let body: serde_json::Value = serde_json::from_str(&event.data).unwrap();
-                        format!("resync:{}", body["reason"].as_str().unwrap())
-                    }
-                    _ => event.data,
-                });
+                out.push(sse_delivery(event));
             }
         }
         Via::WebSocket => {

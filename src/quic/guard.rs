@@ -245,57 +245,42 @@ pub struct OpenStreams {
     inner: h3_quinn::OpenStreams,
 }
 
-impl quic::OpenStreams<Bytes> for OpenStreams {
-    type BidiStream = BidiStream;
-    type SendStream = h3_quinn::SendStream<Bytes>;
+/// Implements `OpenStreams` for a type whose `inner` field is one of h3-quinn's openers:
+/// the connection itself and its opener handle open streams the same way.
+macro_rules! open_streams_via_inner {
+    ($type:ty) => {
+        impl quic::OpenStreams<Bytes> for $type {
+            type BidiStream = BidiStream;
+            type SendStream = h3_quinn::SendStream<Bytes>;
 
-    fn poll_open_bidi(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Self::BidiStream, StreamErrorIncoming>> {
-        quic::OpenStreams::<Bytes>::poll_open_bidi(&mut self.inner, cx).map_ok(|inner| BidiStream {
-            inner,
-            guard: Guard::passthrough(),
-        })
-    }
+            fn poll_open_bidi(
+                &mut self,
+                cx: &mut Context<'_>,
+            ) -> Poll<Result<Self::BidiStream, StreamErrorIncoming>> {
+                let opened = quic::OpenStreams::<Bytes>::poll_open_bidi(&mut self.inner, cx);
+                // Streams the server opens carry no request, so nothing is checked on them.
+                opened.map_ok(|inner| BidiStream {
+                    inner,
+                    guard: Guard::passthrough(),
+                })
+            }
 
-    fn poll_open_send(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Self::SendStream, StreamErrorIncoming>> {
-        quic::OpenStreams::<Bytes>::poll_open_send(&mut self.inner, cx)
-    }
+            fn poll_open_send(
+                &mut self,
+                cx: &mut Context<'_>,
+            ) -> Poll<Result<Self::SendStream, StreamErrorIncoming>> {
+                quic::OpenStreams::<Bytes>::poll_open_send(&mut self.inner, cx)
+            }
 
-    fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
-        quic::OpenStreams::<Bytes>::close(&mut self.inner, code, reason);
-    }
+            fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
+                quic::OpenStreams::<Bytes>::close(&mut self.inner, code, reason);
+            }
+        }
+    };
 }
 
-impl quic::OpenStreams<Bytes> for Connection {
-    type BidiStream = BidiStream;
-    type SendStream = h3_quinn::SendStream<Bytes>;
-
-    fn poll_open_bidi(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Self::BidiStream, StreamErrorIncoming>> {
-        quic::OpenStreams::<Bytes>::poll_open_bidi(&mut self.inner, cx).map_ok(|inner| BidiStream {
-            inner,
-            guard: Guard::passthrough(),
-        })
-    }
-
-    fn poll_open_send(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Self::SendStream, StreamErrorIncoming>> {
-        quic::OpenStreams::<Bytes>::poll_open_send(&mut self.inner, cx)
-    }
-
-    fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
-        quic::OpenStreams::<Bytes>::close(&mut self.inner, code, reason);
-    }
-}
+open_streams_via_inner!(OpenStreams);
+open_streams_via_inner!(Connection);
 
 impl quic::Connection<Bytes> for Connection {
     type RecvStream = h3_quinn::RecvStream;

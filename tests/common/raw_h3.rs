@@ -324,3 +324,18 @@ pub fn parse_close_capsule(data: &[u8]) -> Result<(u32, String)> {
     let reason = String::from_utf8(view[4..len].to_vec())?;
     Ok((code, reason))
 }
+
+/// Sends `GET path` with no body and returns the response status.
+pub async fn raw_get_status(quic: &quinn::Connection, path: &str) -> u16 {
+    let fields = [
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":authority", "localhost"),
+        (":path", path),
+    ];
+    let (mut send, mut recv) = send_headers(quic, &fields).await.expect("request sent");
+    send.finish().expect("request finished");
+    crate::common::within(path, read_status(&mut recv))
+        .await
+        .expect("response status")
+}
