@@ -187,6 +187,12 @@ impl Server {
             path = %cert.cert_path.display(),
             "certificate ready"
         );
+        if !config.web_dir.join("index.html").is_file() {
+            warn!(
+                web_dir = %config.web_dir.display(),
+                "demo page not found: run from the repository root or pass --web-dir"
+            );
+        }
         if let Some(addr) = http_addrs.first() {
             let host = if addr.ip().is_loopback() {
                 "localhost".to_owned()
