@@ -25,6 +25,12 @@ use crate::wire;
 /// Capacity of the channel between the command session and the socket writer.
 const OUTBOUND_CAPACITY: usize = 64;
 
+/// Bytes read from the socket at a time.
+const READ_BUFFER: usize = 4 * 1024;
+
+/// Bytes of written frames buffered before they are flushed.
+const WRITE_BUFFER: usize = 8 * 1024;
+
 /// Maximum number of messages written with one flush.
 const MAX_BATCH: usize = 64;
 
@@ -51,7 +57,12 @@ pub(super) async fn upgrade(
     // Messages up to twice the limit are read whole and closed with 1009, while the stream can
     // still carry the close frame; larger ones are cut by tungstenite itself.
     let hard_max = state.config.max_command_bytes() * 2;
+    // tungstenite allocates a 128 KiB read buffer per connection by default, which dominates
+    // the memory of an idle connection; small reads suffice because messages are assembled
+    // in a buffer of their own.
     upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .max_message_size(hard_max)
         .max_frame_size(hard_max)
         .on_upgrade(move |socket| serve(socket, state))
