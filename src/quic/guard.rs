@@ -32,7 +32,7 @@ impl Connection {
     }
 }
 
-/// Where the guard is within the stream's frames.
+/// Position of the guard within the stream's frames.
 #[derive(Clone, Copy)]
 enum State {
     /// Collecting a frame header; `len` bytes of it are in `header`.
@@ -43,7 +43,7 @@ enum State {
     Passthrough,
 }
 
-/// Observes the bytes of one stream and tells when a frame is too large.
+/// Frame-header parser for one stream, which detects a frame that declares too much.
 #[derive(Clone, Copy)]
 struct Guard {
     state: State,
@@ -123,7 +123,7 @@ fn too_large() -> StreamErrorIncoming {
     }
 }
 
-/// Passes `data` through `guard`, failing the stream and telling the peer when it trips.
+/// Passes `data` through `guard`, failing the stream and sending STOP_SENDING when it trips.
 fn check<S: quic::RecvStream>(
     guard: &mut Guard,
     stream: &mut S,
