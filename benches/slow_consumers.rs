@@ -7,8 +7,7 @@
 //! and after they are gone. Run with `cargo bench --bench slow_consumers`; the environment
 //! variables `SLOW`, `FAST` and `SECONDS` change the scale.
 
-use std::net::{SocketAddr, TcpListener as StdListener};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,56 +16,16 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::AsyncWriteExt as _;
 use tokio_tungstenite::tungstenite::Message;
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+#[path = "support/mod.rs"]
+mod support;
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::{env_or, ServerProcess};
 
 fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_micros() as u64
-}
-
-fn resident_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Reads the live subscription count from the metrics endpoint.
-async fn subscribers(http: SocketAddr) -> u64 {
-    metric(http, "hubcast_subscribers").await
-}
-
-/// Reads one value from the metrics endpoint, `u64::MAX` when it is missing.
-async fn metric(http: SocketAddr, name: &str) -> u64 {
-    let mut socket = tokio::net::TcpStream::connect(http).await.unwrap();
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n");
-    socket.write_all(request.as_bytes()).await.unwrap();
-    let mut body = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut socket, &mut body)
-        .await
-        .unwrap();
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(u64::MAX)
 }
 
 /// Wait for the server to settle: longer than its heap trim interval.
@@ -108,15 +67,6 @@ async fn publish_for(http: SocketAddr, duration: Duration) -> (u64, Duration) {
     (published, elapsed)
 }
 
-struct ServerProcess(Child);
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -131,30 +81,12 @@ async fn main() {
     let fast_count = env_or("FAST", 100);
     let seconds = env_or("SECONDS", 10) as u64;
 
-    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let quic: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let cert_dir = std::env::temp_dir().join(format!("hubcast-bench-{}", std::process::id()));
-    let child = Command::new(env!("CARGO_BIN_EXE_hubcast"))
-        .args([
-            "--http-listen",
-            &http.to_string(),
-            "--quic-listen",
-            &quic.to_string(),
-        ])
-        .args(["--cert-dir", cert_dir.to_str().unwrap()])
-        .args(["--write-timeout", "300", "--history-events", "10000"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the hubcast binary");
-    let server = ServerProcess(child);
-    let pid = server.0.id();
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(http).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let server = ServerProcess::start(
+        "slow-consumers",
+        &["--write-timeout", "300", "--history-events", "10000"],
+    )
+    .await;
+    let http = server.http;
 
     // Fast subscribers: WebSocket clients that read everything and record latency.
     let latencies = Arc::new(Mutex::new(Vec::<u64>::new()));
@@ -199,8 +131,8 @@ async fn main() {
     // working size, so the start figure is the server's steady state without slow clients.
     publish_for(http, Duration::from_secs(seconds.min(5))).await;
     tokio::time::sleep(SETTLE).await;
-    let rss_start = resident_kib(pid);
-    let heap_start = metric(http, "hubcast_heap_in_use_bytes").await / 1024;
+    let rss_start = server.resident_kib();
+    let heap_start = server.metric("hubcast_heap_in_use_bytes").await / 1024;
     recording.store(true, Ordering::Relaxed);
 
     // Slow subscribers: an SSE request, then never a read.
@@ -218,12 +150,13 @@ async fn main() {
     // Sample the server's memory while the publisher runs.
     let peak = Arc::new(AtomicU64::new(0));
     let sampling = Arc::new(AtomicBool::new(true));
+    let pid = server.pid();
     let sampler = tokio::spawn({
         let peak = peak.clone();
         let sampling = sampling.clone();
         async move {
             while sampling.load(Ordering::Relaxed) {
-                peak.fetch_max(resident_kib(pid), Ordering::Relaxed);
+                peak.fetch_max(support::resident_kib(pid), Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -237,9 +170,9 @@ async fn main() {
     // The slow subscribers leave; memory should fall back once the heap is trimmed.
     drop(slow);
     tokio::time::sleep(SETTLE).await;
-    let rss_end = resident_kib(pid);
-    let subscribers_end = subscribers(http).await;
-    let heap_end = metric(http, "hubcast_heap_in_use_bytes").await / 1024;
+    let rss_end = server.resident_kib();
+    let subscribers_end = server.metric("hubcast_subscribers").await;
+    let heap_end = server.metric("hubcast_heap_in_use_bytes").await / 1024;
     for task in fast {
         task.abort();
     }
@@ -277,5 +210,4 @@ async fn main() {
         rss_end,
         (rss_end as f64 / rss_start as f64 - 1.0) * 100.0
     );
-    let _ = std::fs::remove_dir_all(cert_dir);
 }

@@ -421,9 +421,11 @@ impl Hub {
     /// Subscribes to `filters`, starting after `from` or, without a cursor, at the head.
     ///
     /// The subscription first yields a [`Delivery::Resync`] when `from` belongs to another
-    /// epoch, then the latest telemetry value of every matching topic, then the missed events
-    /// after `from` (or a resync when history no longer holds them), then live messages.
-    /// Dropping the subscription unregisters it at once.
+    /// epoch, then the missed events after `from` (or a resync when history no longer contains
+    /// them) and live messages in sequence order. The latest telemetry value of every matching
+    /// topic is queued right after registration, so it may follow the first live messages; a
+    /// topic's older retained value never follows a newer live one. Dropping the subscription
+    /// unregisters it at once.
     ///
     /// # Errors
     ///

@@ -154,45 +154,33 @@ pub struct RecvStream {
     guard: Guard,
 }
 
-impl quic::RecvStream for BidiStream {
-    type Buf = Bytes;
+/// Implements `RecvStream` for a guarded type whose `inner` stream is read through `guard`.
+macro_rules! guarded_recv {
+    ($type:ty) => {
+        impl quic::RecvStream for $type {
+            type Buf = Bytes;
 
-    fn poll_data(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Option<Self::Buf>, StreamErrorIncoming>> {
-        let data = self.inner.poll_data(cx);
-        check(&mut self.guard, &mut self.inner, data)
-    }
+            fn poll_data(
+                &mut self,
+                cx: &mut Context<'_>,
+            ) -> Poll<Result<Option<Self::Buf>, StreamErrorIncoming>> {
+                let data = self.inner.poll_data(cx);
+                check(&mut self.guard, &mut self.inner, data)
+            }
 
-    fn stop_sending(&mut self, error_code: u64) {
-        self.inner.stop_sending(error_code);
-    }
+            fn stop_sending(&mut self, error_code: u64) {
+                self.inner.stop_sending(error_code);
+            }
 
-    fn recv_id(&self) -> StreamId {
-        self.inner.recv_id()
-    }
+            fn recv_id(&self) -> StreamId {
+                self.inner.recv_id()
+            }
+        }
+    };
 }
 
-impl quic::RecvStream for RecvStream {
-    type Buf = Bytes;
-
-    fn poll_data(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Option<Self::Buf>, StreamErrorIncoming>> {
-        let data = self.inner.poll_data(cx);
-        check(&mut self.guard, &mut self.inner, data)
-    }
-
-    fn stop_sending(&mut self, error_code: u64) {
-        self.inner.stop_sending(error_code);
-    }
-
-    fn recv_id(&self) -> StreamId {
-        self.inner.recv_id()
-    }
-}
+guarded_recv!(BidiStream);
+guarded_recv!(RecvStream);
 
 impl quic::SendStream<Bytes> for BidiStream {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
