@@ -27,6 +27,7 @@ const SKIP_LABELS = {
   'not-supported': 'not supported',
   'handshake-failed': 'handshake failed',
   'timed-out': 'timed out',
+  unreachable: 'server unreachable',
 };
 
 const PALETTE = [

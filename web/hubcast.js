@@ -25,6 +25,9 @@ export const SKIP = Object.freeze({
   NOT_SUPPORTED: 'not-supported',
   HANDSHAKE_FAILED: 'handshake-failed',
   TIMED_OUT: 'timed-out',
+  // The server's HTTP origin did not answer at all: every transport would fail the same way,
+  // so the client waits and starts again from the strongest one instead of falling back.
+  UNREACHABLE: 'unreachable',
 });
 
 const DATAGRAM_TOPIC = 0x00;
@@ -233,7 +236,7 @@ async function fetchWithTimeout(url, init, ms, operation) {
     if (controller.signal.aborted) {
       throw new TransportError(SKIP.TIMED_OUT, `${operation} timed out after ${ms} ms`);
     }
-    throw new TransportError(SKIP.HANDSHAKE_FAILED, `${operation} failed: ${error.message}`, {
+    throw new TransportError(SKIP.UNREACHABLE, `${operation} failed: ${error.message}`, {
       cause: error,
     });
   } finally {
@@ -1290,6 +1293,9 @@ export class Hubcast {
       } catch (error) {
         const code = error instanceof TransportError ? error.code : SKIP.HANDSHAKE_FAILED;
         reasons.push({ transport: name, code, message: error.message });
+        // A weaker transport cannot reach a server that is down either; during a restart it
+        // would only win the race because it retries on its own (EventSource does).
+        if (code === SKIP.UNREACHABLE) break;
       }
       if (this.state === 'closed') break;
     }
