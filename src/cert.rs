@@ -26,7 +26,7 @@ const BACKDATE: Duration = Duration::hours(1);
 const SPAN: Duration = Duration::days(13);
 /// A generated certificate with less time than this left is replaced at start-up.
 const MIN_REMAINING: Duration = Duration::days(1);
-/// Longest span browsers accept for a hash-pinned certificate.
+/// Maximum span browsers accept for a hash-pinned certificate.
 const MAX_PINNED_SPAN: Duration = Duration::days(14);
 
 /// Certificate chain and key ready for rustls, with the leaf's SHA-256 hash.
@@ -41,7 +41,7 @@ pub struct Certificate {
     pub cert_path: PathBuf,
 }
 
-/// Why the certificate could not be loaded or generated.
+/// Reason the certificate could not be loaded or generated.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
     #[error("failed to read {path}: {source}")]
@@ -156,12 +156,12 @@ impl Certificate {
         })
     }
 
-    /// The hash as lowercase hex.
+    /// Returns the hash as lowercase hex.
     pub fn sha256_hex(&self) -> String {
         self.sha256.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// The hash in standard base64.
+    /// Returns the hash in standard base64.
     pub fn sha256_base64(&self) -> String {
         use base64::Engine as _;
         base64::engine::general_purpose::STANDARD.encode(self.sha256)
@@ -175,7 +175,7 @@ fn sha256(der: &CertificateDer<'_>) -> [u8; 32] {
     out
 }
 
-/// Whether a stored generated certificate can serve again: ECDSA P-256, a span browsers accept
+/// Tests whether a stored generated certificate can serve again: ECDSA P-256, a span browsers accept
 /// for pinning, and more than [`MIN_REMAINING`] left at `now`.
 fn reusable(der: &CertificateDer<'_>, now: OffsetDateTime) -> bool {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else {

@@ -140,11 +140,6 @@ impl CommandSession {
         self.aliases.get(&alias)
     }
 
-    /// Number of live subscriptions.
-    pub fn subscription_count(&self) -> usize {
-        self.subscriptions.len()
-    }
-
     /// Parses and runs one command, then queues its reply. Returns `false` once the writer is
     /// gone, which ends the connection.
     pub async fn handle(&mut self, text: &[u8], allow_alias: bool) -> bool {

@@ -25,7 +25,7 @@ pub struct Filter {
     wildcard: bool,
 }
 
-/// Why a topic name or filter was rejected.
+/// Reason a topic name or filter was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopicError {
     #[error("topic is empty")]
@@ -107,7 +107,7 @@ impl Topic {
         Ok(Self(Arc::from(text)))
     }
 
-    /// The topic name as text.
+    /// Returns the topic name as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -143,12 +143,12 @@ impl Filter {
         })
     }
 
-    /// The filter as text.
+    /// Returns the filter as text.
     pub fn as_str(&self) -> &str {
         &self.text
     }
 
-    /// Whether the filter contains `+` or `#`; a filter without them matches one topic only.
+    /// Tests whether the filter contains `+` or `#`. A filter without them matches one topic only.
     pub fn is_wildcard(&self) -> bool {
         self.wildcard
     }

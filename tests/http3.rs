@@ -107,6 +107,15 @@ async fn http3_routes_match_tcp() {
     assert!(body.contains("invalid_topic"));
 }
 
+/// Opens a QUIC connection and sends SETTINGS that enable WebTransport, as browsers do.
+async fn raw_connection(
+    server: &TestServer,
+) -> (quinn::Endpoint, quinn::Connection, quinn::SendStream) {
+    let (endpoint, quic) = quic_connect(server).await.unwrap();
+    let control = send_client_settings(&quic).await.unwrap();
+    (endpoint, quic, control)
+}
+
 /// After every misbehaving client, a new HTTP/3 connection must still be served.
 async fn assert_still_serving(server: &TestServer, after: &str) {
     let mut client = H3Client::connect(server)
@@ -172,8 +181,7 @@ async fn stopped_streams_leave_endpoint_up() {
 
     // WebTransport: the CONNECT stream and the control stream reset mid-frame.
     {
-        let (_endpoint, quic) = quic_connect(&server).await.unwrap();
-        let _control = send_client_settings(&quic).await.unwrap();
+        let (_endpoint, quic, _control) = raw_connection(&server).await;
         let (mut send, mut recv) = send_headers(&quic, &connect_headers("webtransport", "/v1/wt"))
             .await
             .unwrap();
@@ -198,8 +206,7 @@ async fn stopped_streams_leave_endpoint_up() {
 #[tokio::test]
 async fn unsupported_connect_fails_only_its_stream() {
     let server = TestServer::start().await;
-    let (_endpoint, quic) = quic_connect(&server).await.unwrap();
-    let _control = send_client_settings(&quic).await.unwrap();
+    let (_endpoint, quic, _control) = raw_connection(&server).await;
 
     // A :protocol hubcast knows but does not serve gets 501.
     let (_send, mut recv) = send_headers(&quic, &connect_headers("connect-udp", "/v1/wt"))
@@ -269,8 +276,7 @@ async fn raw_session(
 #[tokio::test]
 async fn connect_fin_without_capsule_ends_session() {
     let server = TestServer::start().await;
-    let (_endpoint, quic) = quic_connect(&server).await.unwrap();
-    let _control = send_client_settings(&quic).await.unwrap();
+    let (_endpoint, quic, _control) = raw_connection(&server).await;
     let (mut send, _recv, _control_send, _control_recv) = raw_session(&server, &quic).await;
     send.finish().unwrap();
     server.wait_subscribers(0).await;
@@ -279,8 +285,7 @@ async fn connect_fin_without_capsule_ends_session() {
 #[tokio::test]
 async fn close_capsule_ends_session() {
     let server = TestServer::start().await;
-    let (_endpoint, quic) = quic_connect(&server).await.unwrap();
-    let _control = send_client_settings(&quic).await.unwrap();
+    let (_endpoint, quic, _control) = raw_connection(&server).await;
     let (mut send, _recv, _control_send, _control_recv) = raw_session(&server, &quic).await;
     // CLOSE_WEBTRANSPORT_SESSION: type 0x2843, length, 32-bit code, reason. The stream stays
     // open, so only the capsule can end the session.
@@ -296,8 +301,7 @@ async fn close_capsule_ends_session() {
 #[tokio::test]
 async fn connect_reset_ends_session() {
     let server = TestServer::start().await;
-    let (_endpoint, quic) = quic_connect(&server).await.unwrap();
-    let _control = send_client_settings(&quic).await.unwrap();
+    let (_endpoint, quic, _control) = raw_connection(&server).await;
     let (mut send, _recv, _control_send, _control_recv) = raw_session(&server, &quic).await;
     send.reset(0u32.into()).unwrap();
     server.wait_subscribers(0).await;
@@ -330,8 +334,7 @@ async fn session_without_webtransport_settings_is_refused() {
 #[tokio::test]
 async fn oversized_control_frame_sends_close_capsule() {
     let server = TestServer::start_with(|c| c.hub.max_payload_bytes = 100).await;
-    let (_endpoint, quic) = quic_connect(&server).await.unwrap();
-    let _control = send_client_settings(&quic).await.unwrap();
+    let (_endpoint, quic, _control) = raw_connection(&server).await;
     let (_send, mut recv, mut control_send, _control_recv) = raw_session(&server, &quic).await;
     control_send
         .write_all(&(1u32 << 30).to_be_bytes())
@@ -350,8 +353,7 @@ async fn oversized_control_frame_sends_close_capsule() {
 #[tokio::test]
 async fn request_before_control_stream_keeps_session() {
     let server = TestServer::start().await;
-    let (_endpoint, quic) = quic_connect(&server).await.unwrap();
-    let _control = send_client_settings(&quic).await.unwrap();
+    let (_endpoint, quic, _control) = raw_connection(&server).await;
     let (send, mut recv) = send_headers(&quic, &connect_headers("webtransport", "/v1/wt"))
         .await
         .unwrap();
@@ -387,8 +389,7 @@ async fn request_before_control_stream_keeps_session() {
 #[tokio::test]
 async fn extra_bidi_streams_are_capped() {
     let server = TestServer::start().await;
-    let (_endpoint, quic) = quic_connect(&server).await.unwrap();
-    let _control = send_client_settings(&quic).await.unwrap();
+    let (_endpoint, quic, _control) = raw_connection(&server).await;
     let (send, mut recv, _control_send, _control_recv) = raw_session(&server, &quic).await;
     let session = u64::from(send.id());
 
@@ -421,8 +422,7 @@ async fn extra_bidi_streams_are_capped() {
 async fn stalled_event_stream_closes_session_as_too_slow() {
     let server =
         TestServer::start_with(|c| c.write_timeout = std::time::Duration::from_secs(1)).await;
-    let (_endpoint, quic) = quic_connect(&server).await.unwrap();
-    let _control = send_client_settings(&quic).await.unwrap();
+    let (_endpoint, quic, _control) = raw_connection(&server).await;
     let (_send, mut recv, _control_send, _control_recv) = raw_session(&server, &quic).await;
 
     // The client never accepts the event streams, so their flow-control windows stay closed.
@@ -449,8 +449,7 @@ async fn stalled_event_stream_closes_session_as_too_slow() {
 #[tokio::test]
 async fn back_to_back_connects_get_session_and_400() {
     let server = TestServer::start().await;
-    let (_endpoint, quic) = quic_connect(&server).await.unwrap();
-    let _control = send_client_settings(&quic).await.unwrap();
+    let (_endpoint, quic, _control) = raw_connection(&server).await;
     let headers = connect_headers("webtransport", "/v1/wt");
     let (_first, mut first_recv) = send_headers(&quic, &headers).await.unwrap();
     let (_second, mut second_recv) = send_headers(&quic, &headers).await.unwrap();
@@ -468,8 +467,7 @@ async fn back_to_back_connects_get_session_and_400() {
 #[tokio::test]
 async fn shutdown_sends_close_capsule() {
     let server = TestServer::start().await;
-    let (_endpoint, quic) = quic_connect(&server).await.unwrap();
-    let _control = send_client_settings(&quic).await.unwrap();
+    let (_endpoint, quic, _control) = raw_connection(&server).await;
     let (_send, mut recv, _control_send, _control_recv) = raw_session(&server, &quic).await;
     let stopping = tokio::spawn(server.server.shutdown(std::time::Duration::from_secs(5)));
     let data = within("close capsule", read_data_frame(&mut recv))
@@ -486,8 +484,7 @@ async fn shutdown_sends_close_capsule() {
 #[tokio::test]
 async fn oversized_header_section_is_refused() {
     let server = TestServer::start().await;
-    let (_endpoint, quic) = quic_connect(&server).await.unwrap();
-    let _control = send_client_settings(&quic).await.unwrap();
+    let (_endpoint, quic, _control) = raw_connection(&server).await;
     let big = "v".repeat(64 * 1024);
     let fields = [
         (":method", "GET"),
@@ -509,8 +506,7 @@ async fn oversized_header_section_is_refused() {
 #[tokio::test]
 async fn unfinished_huge_headers_frame_is_stopped() {
     let server = TestServer::start().await;
-    let (_endpoint, quic) = quic_connect(&server).await.unwrap();
-    let _control = send_client_settings(&quic).await.unwrap();
+    let (_endpoint, quic, _control) = raw_connection(&server).await;
     // A HEADERS frame that declares 1,000,000 bytes and delivers only part of them: without a
     // check of the declared length, the server would wait for the rest and keep buffering.
     let (mut send, mut recv) = quic.open_bi().await.unwrap();

@@ -38,7 +38,7 @@ pub struct AppState {
     pub shutdown: CancellationToken,
 }
 
-/// What `/v1/cert-hash` returns.
+/// Body of the `/v1/cert-hash` response.
 #[derive(Clone, Debug, Serialize)]
 pub struct CertInfo {
     pub algorithm: &'static str,
@@ -138,7 +138,7 @@ impl Query {
         Ok(Self(pairs))
     }
 
-    /// Every value of `name`.
+    /// Returns every value of `name`.
     pub(crate) fn all(&self, name: &str) -> Vec<&str> {
         self.0
             .iter()
@@ -147,7 +147,7 @@ impl Query {
             .collect()
     }
 
-    /// The value of `name`, rejecting repeats.
+    /// Returns the value of `name`, rejecting repeats.
     pub(crate) fn one(&self, name: &str) -> Result<Option<&str>, RequestError> {
         let values = self.all(name);
         match values.as_slice() {
@@ -158,11 +158,5 @@ impl Query {
                 values.len()
             ))),
         }
-    }
-}
-
-impl IntoResponse for CertInfo {
-    fn into_response(self) -> Response {
-        Json(self).into_response()
     }
 }

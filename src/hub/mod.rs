@@ -116,7 +116,7 @@ pub struct Message {
     pub encoded: Encoded,
 }
 
-/// What a subscription yields.
+/// Item a subscription yields.
 #[derive(Clone)]
 pub enum Delivery {
     Message(Arc<Message>),
@@ -128,7 +128,7 @@ pub enum Delivery {
     },
 }
 
-/// Why a subscriber has to resynchronise.
+/// Reason a subscriber has to resynchronise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResyncReason {
     /// The cursor belongs to another epoch, for example from before a restart.
@@ -147,7 +147,7 @@ impl ResyncReason {
     }
 }
 
-/// Why a publish was rejected.
+/// Reason a publish was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("payload is {len} bytes, the maximum is {max}")]
@@ -156,7 +156,7 @@ pub enum PublishError {
     InvalidName { name: String, reason: &'static str },
 }
 
-/// Why a subscription was rejected.
+/// Reason a subscription was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum SubscribeError {
     #[error(
@@ -272,12 +272,12 @@ impl Hub {
         }
     }
 
-    /// The hub's configuration.
+    /// Returns the hub's configuration.
     pub fn config(&self) -> &HubConfig {
         &self.inner.config
     }
 
-    /// The hub's epoch.
+    /// Returns the hub's epoch.
     pub fn epoch(&self) -> u64 {
         self.inner.epoch
     }

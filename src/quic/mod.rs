@@ -204,7 +204,7 @@ async fn handle_connection(connection: quinn::Connection, context: Context) {
                 let Some((request, stream)) = connect else { return };
                 if let Some(reason) = session::refusal(&h3) {
                     // Browsers show only "connection rejected", so the reason goes to the log.
-                    warn!(conn = conn_id, reason, "WebTransport session refused");
+                    warn!(conn = conn_id, reason, "WebTransport session rejected");
                     context.tasks.spawn(reject_connect(stream, StatusCode::BAD_REQUEST, reason));
                     continue;
                 }

@@ -21,13 +21,13 @@ pub(super) async fn serve(request: http::Request<()>, mut stream: H3Stream, cont
         let path = request.uri().path();
         let (status, reason) = match protocol.as_deref() {
             Some("webtransport") if path == super::WEBTRANSPORT_PATH => {
-                tracing::warn!("WebTransport session refused: the connection already has one");
+                tracing::warn!("WebTransport session rejected: the connection already has one");
                 let reason = "this connection already carries a WebTransport session: open a new \
                               connection";
                 (StatusCode::BAD_REQUEST, reason.to_owned())
             }
             Some("webtransport") => {
-                tracing::warn!(path, "WebTransport session refused: unknown path");
+                tracing::warn!(path, "WebTransport session rejected: unknown path");
                 let reason = "WebTransport is served at /v1/wt".to_owned();
                 (StatusCode::NOT_FOUND, reason)
             }

@@ -130,6 +130,15 @@ pub(super) async fn run(
     }
 
     let session_id = connect.id().into_inner();
+    // A stream id is a QUIC varint, so it always fits a session id; the branch is defensive.
+    let Ok(session) = SessionId::try_from(session_id) else {
+        debug!(
+            conn = conn_id,
+            session = session_id,
+            "stream id out of range for a session"
+        );
+        return;
+    };
     context
         .metrics
         .sessions_open
@@ -185,8 +194,7 @@ pub(super) async fn run(
     let watcher = tokio::spawn(watch_connect(connect_recv, end_tx.clone()));
 
     let session = SessionStreams {
-        session_id: SessionId::try_from(session_id)
-            .unwrap_or_else(|_| SessionId::try_from(0).unwrap_or_else(|_| unreachable!())),
+        session_id: session,
         commands: commands.clone(),
         control: Arc::new(std::sync::Mutex::new(Some(control_tx))),
         extra_bidi: Arc::new(AtomicUsize::new(0)),
