@@ -1,4 +1,5 @@
-//! Device simulator: N temperature sensors on one WebTransport session.
+//! Device simulator: N temperature sensors on one WebTransport session, through
+//! `hubcast::client`.
 //!
 //! Every sensor sends a reading to `<prefix>/<sensor>/temperature` as a datagram `rate` times a
 //! second. Readings follow a slow sine wave with noise, and now and then a sensor spikes. When
@@ -13,25 +14,19 @@
 //! The hash is the `hex` field of `GET /v1/cert-hash` on the server's HTTP listener. The run
 //! stops by itself after `--duration` seconds.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
-use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use hubcast::client::{self, Client, Connector, Error, Transport};
+use serde_json::json;
+use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
-use wtransport::tls::Sha256Digest;
-use wtransport::{ClientConfig, Connection, Endpoint, RecvStream, SendStream};
 
-/// Type byte of a datagram that carries its topic in full.
-const DATAGRAM_TOPIC: u8 = 0x00;
-/// Type byte of a datagram that names its topic by a registered alias.
-const DATAGRAM_ALIAS: u8 = 0x01;
-/// Largest control-stream frame the simulator accepts from the server.
-const MAX_FRAME: usize = 16 << 20;
-/// Time allowed for the session handshake and for each command reply.
+/// Time allowed for the session handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time allowed for the last alarm events to be acknowledged when the run ends.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Simulates temperature sensors that publish telemetry datagrams and alarm events to hubcast.
@@ -129,18 +124,20 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     args.validate()?;
 
-    let connection = connect(&args).await?;
+    let connector = connector(&args)?;
+    let client = connector
+        .connect()
+        .await
+        .with_context(|| format!("failed to connect to {}", args.url))?;
     info!(url = %args.url, sensors = args.sensors, rate = args.rate, "connected");
-    let (send, recv) = open_control_stream(&connection).await?;
-    let control = Control::start(send, recv);
 
-    let summary = run(&args, &connection, &control).await;
-    control.finish().await;
-    connection.close(0u32.into(), b"simulation finished");
+    let summary = run(&args, &client).await;
+    client.close().await;
+    connector.wait_idle(Duration::from_secs(1)).await;
     let summary = summary?;
     info!(
         datagrams = summary.datagrams,
-        datagrams_failed = summary.datagrams_failed,
+        readings_failed = summary.readings_failed,
         alarms = summary.alarms,
         alarms_rejected = summary.alarms_rejected,
         "simulation finished"
@@ -148,70 +145,40 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn open_control_stream(connection: &Connection) -> anyhow::Result<(SendStream, RecvStream)> {
-    let opening = tokio::time::timeout(REPLY_TIMEOUT, connection.open_bi())
-        .await
-        .context("opening the control stream timed out")?
-        .context("failed to open the control stream")?;
-    tokio::time::timeout(REPLY_TIMEOUT, opening)
-        .await
-        .context("opening the control stream timed out")?
-        .context("failed to open the control stream")
-}
-
-async fn connect(args: &Args) -> anyhow::Result<Connection> {
-    let builder = ClientConfig::builder().with_bind_default();
-    let builder = match &args.cert_hash {
-        Some(hex) => builder.with_server_certificate_hashes([parse_hash(hex)?]),
-        None => builder.with_no_cert_validation(),
-    };
-    let config = builder
-        .keep_alive_interval(Some(Duration::from_secs(5)))
-        .build();
-    let endpoint = Endpoint::client(config).context("failed to create the QUIC endpoint")?;
-    tokio::time::timeout(REPLY_TIMEOUT, endpoint.connect(&args.url))
-        .await
-        .with_context(|| format!("connecting to {} timed out", args.url))?
-        .with_context(|| format!("failed to connect to {}", args.url))
-}
-
-/// Parses 32 bytes written as hex, with or without `:` between the bytes.
-fn parse_hash(text: &str) -> anyhow::Result<Sha256Digest> {
-    let digits: String = text.chars().filter(|c| *c != ':').collect();
-    let invalid = || anyhow::anyhow!("invalid --cert-hash {text:?}: give 64 hex digits");
-    if digits.len() != 64 || !digits.is_ascii() {
-        return Err(invalid());
-    }
-    let mut bytes = [0u8; 32];
-    for (i, byte) in bytes.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).map_err(|_| invalid())?;
-    }
-    Ok(Sha256Digest::new(bytes))
+/// Builds a connector for WebTransport only, without reconnection, so a dropped session ends
+/// the run.
+fn connector(args: &Args) -> anyhow::Result<Connector> {
+    let mut options = client::Options::new(Some(args.url.clone()), None);
+    options.cert_hash = args
+        .cert_hash
+        .as_deref()
+        .map(client::parse_cert_hash)
+        .transpose()
+        .context("invalid --cert-hash")?;
+    options.insecure = args.insecure;
+    options.connect_timeout = CONNECT_TIMEOUT;
+    options.reconnect = false;
+    options.transport = Some(Transport::WebTransport);
+    options.keep_alive = Duration::from_secs(5);
+    options.telemetry_aliases = !args.inline_topics;
+    Connector::new(options).context("invalid connection options")
 }
 
 #[derive(Default)]
 struct Summary {
+    /// Readings sent as datagrams.
     datagrams: u64,
-    datagrams_failed: u64,
+    /// Readings the client could not send.
+    readings_failed: u64,
     alarms: u64,
     alarms_rejected: u64,
 }
 
-async fn run(args: &Args, connection: &Connection, control: &Control) -> anyhow::Result<Summary> {
+async fn run(args: &Args, client: &Client) -> anyhow::Result<Summary> {
     let mut rng = Rng::new(args.seed.unwrap_or_else(seed_from_clock));
     let mut sensors: Vec<Sensor> = (0..args.sensors)
         .map(|i| Sensor::new(&args.prefix, usize::from(i), &mut rng))
         .collect();
-
-    if !args.inline_topics {
-        for (i, sensor) in sensors.iter().enumerate() {
-            let alias = u16::try_from(i + 1).context("more sensors than aliases")?;
-            let command = json!({"op": "alias", "alias": alias, "topic": sensor.topic});
-            control.request(command).await.with_context(|| {
-                format!("failed to register alias {alias} for {}", sensor.topic)
-            })?;
-        }
-    }
 
     let period = Duration::from_secs_f64(1.0 / args.rate);
     let spike_chance = args.spikes_per_minute / 60.0 / args.rate;
@@ -223,12 +190,9 @@ async fn run(args: &Args, connection: &Connection, control: &Control) -> anyhow:
     let mut pending_alarms = Vec::new();
 
     while Instant::now() < deadline {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            error = connection.closed() => bail!("the session closed: {error}"),
-        }
+        ticker.tick().await;
         let elapsed = started.elapsed().as_secs_f64();
-        for (i, sensor) in sensors.iter_mut().enumerate() {
+        for sensor in sensors.iter_mut() {
             let reading = sensor.step(
                 elapsed,
                 period.as_secs_f64(),
@@ -237,20 +201,21 @@ async fn run(args: &Args, connection: &Connection, control: &Control) -> anyhow:
                 &mut rng,
             );
             let text = format!("{reading:.2}");
-            let datagram = if args.inline_topics {
-                inline_datagram(&sensor.topic, text.as_bytes())
-            } else {
-                alias_datagram(i as u16 + 1, text.as_bytes())
-            };
-            match connection.send_datagram(&datagram) {
-                Ok(()) => summary.datagrams += 1,
+            // The client registers an alias on the first reading of each topic, unless
+            // --inline-topics is set, and sends every reading as a datagram.
+            match client
+                .publish_telemetry(&sensor.topic, text.as_bytes())
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if e.is_connection_lost() => bail!("the session closed: {e}"),
                 Err(e) => {
-                    summary.datagrams_failed += 1;
-                    if summary.datagrams_failed == 1 {
+                    summary.readings_failed += 1;
+                    if summary.readings_failed == 1 {
                         warn!(
                             error = %e,
                             topic = %sensor.topic,
-                            "failed to send a datagram, further failures are only counted"
+                            "failed to send a reading, further failures are only counted"
                         );
                     }
                 }
@@ -267,42 +232,39 @@ async fn run(args: &Args, connection: &Connection, control: &Control) -> anyhow:
                 })
                 .to_string();
                 info!(%topic, state = alarm, value = %text, "publishing alarm event");
-                let command = json!({
-                    "op": "publish",
-                    "topic": topic,
-                    "event": if alarm == "raised" { "alarm" } else { "cleared" },
-                    "payload": payload,
-                });
-                pending_alarms.push(control.send(command).await?);
+                let event = if alarm == "raised" {
+                    "alarm"
+                } else {
+                    "cleared"
+                };
+                // Published without waiting, so readings keep their pace; the replies are
+                // collected at the end.
+                let client = client.clone();
+                pending_alarms.push(tokio::spawn(async move {
+                    client
+                        .publish(&topic, payload.as_bytes(), Some(event))
+                        .await
+                }));
                 summary.alarms += 1;
             }
         }
     }
 
-    for reply in pending_alarms {
-        if let Err(e) = Control::wait(reply).await {
+    for alarm in pending_alarms {
+        let result = match tokio::time::timeout(REPLY_TIMEOUT, alarm).await {
+            Ok(Ok(result)) => result.map(drop),
+            Ok(Err(e)) => Err(Error::Protocol(format!("the publishing task failed: {e}"))),
+            Err(_) => Err(Error::Protocol(format!(
+                "no reply within {REPLY_TIMEOUT:?}"
+            ))),
+        };
+        if let Err(e) = result {
             summary.alarms_rejected += 1;
             warn!(error = %e, "alarm event was not acknowledged");
         }
     }
+    summary.datagrams = client.telemetry_datagrams();
     Ok(summary)
-}
-
-fn inline_datagram(topic: &str, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(3 + topic.len() + payload.len());
-    out.push(DATAGRAM_TOPIC);
-    out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
-    out.extend_from_slice(topic.as_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-fn alias_datagram(alias: u16, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(3 + payload.len());
-    out.push(DATAGRAM_ALIAS);
-    out.extend_from_slice(&alias.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
 }
 
 /// One simulated temperature sensor.
@@ -380,166 +342,6 @@ impl Sensor {
         }
         self.alarmed = above;
         Some(if above { "raised" } else { "cleared" })
-    }
-}
-
-/// The control stream: length-prefixed JSON commands out, replies in.
-struct Control {
-    commands: mpsc::Sender<(Value, oneshot::Sender<Value>)>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-type Reply = oneshot::Receiver<Value>;
-
-impl Control {
-    fn start(send: SendStream, recv: RecvStream) -> Self {
-        let (commands, rx) = mpsc::channel(256);
-        let task = tokio::spawn(Self::serve(send, recv, rx));
-        Self { commands, task }
-    }
-
-    /// Sends a command and returns the receiver of its reply.
-    async fn send(&self, command: Value) -> anyhow::Result<Reply> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send((command, tx))
-            .await
-            .context("the control stream is closed")?;
-        Ok(rx)
-    }
-
-    /// Waits for a reply; an `error` reply becomes an error.
-    async fn wait(reply: Reply) -> anyhow::Result<Value> {
-        let reply = tokio::time::timeout(REPLY_TIMEOUT, reply)
-            .await
-            .context("no reply within the timeout")?
-            .context("the control stream closed before the reply")?;
-        if reply["op"] == "error" {
-            bail!("{}: {}", reply["code"], reply["message"]);
-        }
-        Ok(reply)
-    }
-
-    async fn request(&self, command: Value) -> anyhow::Result<Value> {
-        Self::wait(self.send(command).await?).await
-    }
-
-    /// Stops sending commands; replies already requested are delivered first.
-    async fn finish(self) {
-        drop(self.commands);
-        let _ = tokio::time::timeout(REPLY_TIMEOUT, self.task).await;
-    }
-
-    async fn serve(
-        mut send: SendStream,
-        mut recv: RecvStream,
-        mut commands: mpsc::Receiver<(Value, oneshot::Sender<Value>)>,
-    ) {
-        let mut waiting: HashMap<u64, oneshot::Sender<Value>> = HashMap::new();
-        let mut next_id = 1u64;
-        let mut reader = FrameReader::default();
-        let mut buffer = vec![0u8; 16 * 1024];
-        let mut sending = true;
-        loop {
-            tokio::select! {
-                command = commands.recv(), if sending => {
-                    let Some((mut command, reply)) = command else {
-                        sending = false;
-                        if waiting.is_empty() {
-                            break;
-                        }
-                        continue;
-                    };
-                    command["id"] = json!(next_id);
-                    waiting.insert(next_id, reply);
-                    next_id += 1;
-                    let body = command.to_string();
-                    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-                    frame.extend_from_slice(body.as_bytes());
-                    if let Err(e) = send.write_all(&frame).await {
-                        warn!(error = %e, "failed to write to the control stream");
-                        break;
-                    }
-                }
-                read = recv.read(&mut buffer) => {
-                    let n = match read {
-                        Ok(Some(n)) => n,
-                        Ok(None) => {
-                            debug!("the server finished the control stream");
-                            break;
-                        }
-                        Err(e) => {
-                            warn!(error = %e, "failed to read the control stream");
-                            break;
-                        }
-                    };
-                    reader.push(&buffer[..n]);
-                    loop {
-                        let frame = match reader.next_frame() {
-                            Ok(Some(frame)) => frame,
-                            Ok(None) => break,
-                            Err(e) => {
-                                warn!(
-                                    error = %e,
-                                    "invalid control frame, closing the control stream"
-                                );
-                                return;
-                            }
-                        };
-                        Self::dispatch(frame, &mut waiting);
-                    }
-                    if !sending && waiting.is_empty() {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = send.finish().await;
-    }
-
-    fn dispatch(frame: Vec<u8>, waiting: &mut HashMap<u64, oneshot::Sender<Value>>) {
-        let reply: Value = match serde_json::from_slice(&frame) {
-            Ok(reply) => reply,
-            Err(e) => {
-                warn!(error = %e, "control frame is not JSON");
-                return;
-            }
-        };
-        match reply["id"].as_u64().and_then(|id| waiting.remove(&id)) {
-            Some(sender) => {
-                let _ = sender.send(reply);
-            }
-            None if reply["op"] == "error" => warn!(%reply, "command rejected"),
-            None => debug!(%reply, "control frame without a waiting command"),
-        }
-    }
-}
-
-/// Splits a byte stream into frames of a 4-byte big-endian length and a body.
-#[derive(Default)]
-struct FrameReader {
-    buffer: Vec<u8>,
-}
-
-impl FrameReader {
-    fn push(&mut self, bytes: &[u8]) {
-        self.buffer.extend_from_slice(bytes);
-    }
-
-    fn next_frame(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
-        let Some(header) = self.buffer.get(..4) else {
-            return Ok(None);
-        };
-        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        if len > MAX_FRAME {
-            bail!("frame of {len} bytes exceeds the maximum of {MAX_FRAME}");
-        }
-        if self.buffer.len() < 4 + len {
-            return Ok(None);
-        }
-        let frame = self.buffer[4..4 + len].to_vec();
-        self.buffer.drain(..4 + len);
-        Ok(Some(frame))
     }
 }
 

@@ -4,9 +4,35 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
+use crate::client::cli::{PubArgs, SubArgs};
 use crate::hub::{HubConfig, QueueLimits};
+
+/// hubcast: a real-time pub/sub server over WebTransport, HTTP/3 and TCP fallbacks.
+///
+/// Without a subcommand, hubcast runs the server with the options below, as `hubcast serve`
+/// does.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub serve: Args,
+}
+
+/// The subcommands of `hubcast`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default without a subcommand).
+    Serve(Args),
+    /// Subscribe to filters and print each delivery as a line.
+    Sub(SubArgs),
+    /// Publish a payload, or each line of standard input, and print each event's cursor.
+    Pub(PubArgs),
+}
 
 /// hubcast: a real-time pub/sub server over WebTransport, HTTP/3 and TCP fallbacks.
 #[derive(Debug, Parser)]
@@ -94,6 +120,12 @@ pub struct Args {
     /// QUIC idle timeout, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub idle_timeout: u64,
+
+    /// Receive and send buffer of each QUIC UDP socket, in bytes. Linux caps it at
+    /// net.core.rmem_max and net.core.wmem_max; a buffer too small for a burst drops packets,
+    /// which QUIC then resends or, for datagrams, loses.
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
+    pub udp_buffer: usize,
 }
 
 /// Complete server configuration.
@@ -126,6 +158,8 @@ pub struct Config {
     pub peer_timeout: Duration,
     /// How long a client may take to send a request head over TCP. Default 30 s.
     pub header_timeout: Duration,
+    /// Receive and send buffer of each QUIC UDP socket, in bytes. Default 4 MiB.
+    pub udp_buffer_bytes: usize,
 }
 
 impl Default for Config {
@@ -174,6 +208,7 @@ impl Args {
             write_timeout: Duration::from_secs(self.write_timeout.max(1)),
             peer_timeout: Duration::from_secs(self.peer_timeout.max(1)),
             header_timeout: Duration::from_secs(self.header_timeout.max(1)),
+            udp_buffer_bytes: self.udp_buffer,
         }
     }
 }

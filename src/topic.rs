@@ -155,10 +155,16 @@ impl Filter {
 
     /// Tests whether `topic` matches this filter.
     pub fn matches(&self, topic: &Topic) -> bool {
+        self.matches_name(&topic.0)
+    }
+
+    /// Tests whether the topic name `name` matches this filter, without validating `name`
+    /// first. Clients use it on names the server sent, which the server has already checked.
+    pub fn matches_name(&self, name: &str) -> bool {
         if !self.wildcard {
-            return *self.text == *topic.0;
+            return *self.text == *name;
         }
-        let mut names = topic.0.split('/');
+        let mut names = name.split('/');
         for pattern in self.text.split('/') {
             match pattern {
                 "#" => return true,
