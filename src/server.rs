@@ -74,7 +74,7 @@ impl Server {
         let quic_config = quic::server_config(&cert, &config)?;
         let mut endpoints = Vec::new();
         for addr in &config.quic_listen {
-            match quic::bind(*addr, quic_config.clone()) {
+            match quic::bind(*addr, quic_config.clone(), config.udp_buffer_bytes) {
                 Ok(endpoint) => endpoints.push(endpoint),
                 Err(e) if config.skip_unavailable => {
                     warn!(%addr, error = %e, "skipping QUIC address that cannot be bound")

@@ -521,3 +521,21 @@ async fn unfinished_huge_headers_frame_is_stopped() {
     assert!(matches!(stopped, Ok(Some(_))), "{stopped:?}");
     assert_still_serving(&server, "huge headers frame").await;
 }
+
+#[tokio::test]
+async fn concurrent_requests_grow_stream_limit() {
+    let server = TestServer::start().await;
+    let mut client = H3Client::connect(&server).await.unwrap();
+    // A connection starts with room for 8 bidirectional streams and grows to 256, so 100
+    // requests held open at once all get their responses.
+    let mut streams = Vec::new();
+    for n in 0..100 {
+        let path = format!("/v1/events?topic=grow/{n}");
+        let (response, stream) = within("SSE request", client.request(Method::GET, &path, None))
+            .await
+            .unwrap_or_else(|e| panic!("request {n} failed: {e}"));
+        assert_eq!(response.status(), 200, "request {n}");
+        streams.push(stream);
+    }
+    server.wait_subscribers(100).await;
+}

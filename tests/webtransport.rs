@@ -291,3 +291,42 @@ async fn telemetry_does_not_wait_behind_blocked_events() {
     assert_eq!(topic, "mix/temp");
     assert_eq!(payload, b"17.25");
 }
+
+#[tokio::test]
+async fn many_open_command_streams_are_accepted() {
+    let server = TestServer::start().await;
+    let mut client = WtClient::connect(&server).await.unwrap();
+
+    // A connection starts with room for 6 unidirectional streams, some of them taken by
+    // HTTP/3, and grows to 256, so 50 command streams open at once all get credit.
+    let mut streams = Vec::new();
+    for n in 0..50 {
+        let opening = within("stream credit", client.connection.open_uni())
+            .await
+            .unwrap_or_else(|e| panic!("command stream {n} failed: {e}"));
+        let mut uni = within("command stream", opening)
+            .await
+            .unwrap_or_else(|e| panic!("command stream {n} failed: {e}"));
+        let body = serde_json::to_vec(&json!({"op": "ping", "id": n})).unwrap();
+        uni.write_all(&(body.len() as u32).to_be_bytes())
+            .await
+            .unwrap();
+        uni.write_all(&body).await.unwrap();
+        streams.push(uni);
+    }
+
+    // h3 0.0.8 reads a stream's session id only once more data or the end of the stream
+    // arrives, so the pongs come after the streams finish.
+    for uni in &mut streams {
+        uni.finish().await.unwrap();
+    }
+
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        let reply = within("pong", client.reply()).await.unwrap();
+        assert_eq!(reply["op"], "pong", "{reply}");
+        ids.push(reply["id"].as_u64().unwrap());
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, (0..50).collect::<Vec<_>>());
+}

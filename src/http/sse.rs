@@ -1,6 +1,7 @@
 //! `GET /v1/events`: Server-Sent Events (WHATWG HTML Living Standard, section 9.2).
 
 use std::convert::Infallible;
+use std::pin::Pin;
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
@@ -9,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::stream;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::{AppState, Query};
 use crate::commands::parse_filters;
@@ -65,9 +66,10 @@ pub(super) async fn events(
     let stream = EventStream {
         subscription,
         heartbeat,
-        shutdown: state.shutdown.clone(),
+        shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
         raw: raw_format,
         opened: false,
+        wrote: false,
     };
     let body = Body::from_stream(stream::unfold(stream, |mut s| async move {
         let chunk = s.next().await?;
@@ -91,9 +93,13 @@ pub(super) async fn events(
 struct EventStream {
     subscription: Subscription,
     heartbeat: Interval,
-    shutdown: CancellationToken,
+    /// Created once: a `cancelled()` future made per delivery would register with, and leave,
+    /// the token's waiter list each time, under a lock that every connection shares.
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     raw: bool,
     opened: bool,
+    /// Whether a delivery went out since the last heartbeat tick.
+    wrote: bool,
 }
 
 impl EventStream {
@@ -103,16 +109,26 @@ impl EventStream {
             self.opened = true;
             return Some(Bytes::from_static(OPENING));
         }
-        tokio::select! {
-            delivery = self.subscription.recv() => Some(self.encode(&delivery)),
-            _ = self.heartbeat.tick() => Some(Bytes::from_static(HEARTBEAT)),
-            _ = self.shutdown.cancelled() => None,
+        loop {
+            tokio::select! {
+                delivery = self.subscription.recv() => {
+                    self.wrote = true;
+                    return Some(self.encode(&delivery));
+                }
+                // The heartbeat only shows that the connection is alive, so a period with a
+                // delivery in it needs none. Skipping the tick costs less than resetting the
+                // timer on every delivery.
+                _ = self.heartbeat.tick() => {
+                    if !std::mem::take(&mut self.wrote) {
+                        return Some(Bytes::from_static(HEARTBEAT));
+                    }
+                }
+                _ = &mut self.shutdown => return None,
+            }
         }
     }
 
     fn encode(&mut self, delivery: &Delivery) -> Bytes {
-        // Any write resets the heartbeat, which exists only to show the connection is alive.
-        self.heartbeat.reset();
         match delivery {
             Delivery::Message(message) if self.raw => wire::sse_raw(message),
             Delivery::Message(message) => wire::sse_json(message),

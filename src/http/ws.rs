@@ -11,8 +11,9 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{AppState, Http3};
 use crate::commands::{CommandSession, Outbound};
@@ -25,8 +26,11 @@ use crate::wire;
 /// Capacity of the channel between the command session and the socket writer.
 const OUTBOUND_CAPACITY: usize = 64;
 
-/// Bytes read from the socket at a time.
-const READ_BUFFER: usize = 4 * 1024;
+/// Bytes tungstenite reads per call, and the size its read buffer starts at. It keeps that
+/// buffer for the life of the connection, grown to the largest message received. The socket
+/// underneath reads 16 KiB at a time for such small reads (`ReadAhead` in `serve.rs`), so a
+/// large message does not cost a system call per KiB.
+const READ_BUFFER: usize = 1024;
 
 /// Bytes of written frames buffered before they are flushed.
 const WRITE_BUFFER: usize = 8 * 1024;
@@ -65,13 +69,24 @@ pub(super) async fn upgrade(
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(hard_max)
         .max_frame_size(hard_max)
-        .on_upgrade(move |socket| serve(socket, state))
+        .on_upgrade(move |socket| {
+            // Splitting here, not in `serve`, keeps the whole socket out of the state that
+            // `serve` holds for the life of the connection.
+            let (sink, stream) = socket.split();
+            serve(sink, stream, state)
+        })
 }
 
-async fn serve(socket: WebSocket, state: AppState) {
-    let (mut sink, mut stream) = socket.split();
+async fn serve(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut stream: SplitStream<WebSocket>,
+    state: AppState,
+) {
     let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(OUTBOUND_CAPACITY);
-    let (close_tx, mut close_rx) = mpsc::channel::<(u16, &'static str)>(1);
+    // The reader sends at most one close request, because `close` below takes the sender, so
+    // a oneshot channel suffices. A tokio mpsc channel would allocate room for 32 requests,
+    // about 1.3 KiB per connection.
+    let (close_tx, mut close_rx) = oneshot::channel::<(u16, &'static str)>();
     let heartbeat = state.config.heartbeat;
     let write_timeout = state.config.write_timeout;
     let shutdown = state.shutdown.clone();
@@ -79,12 +94,17 @@ async fn serve(socket: WebSocket, state: AppState) {
 
     let mut writer = tokio::spawn(async move {
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        // Created once: a `cancelled()` future made per message would register with, and
+        // leave, the token's waiter list each time, under a lock every connection shares.
+        let shutdown = shutdown.cancelled_owned();
+        tokio::pin!(shutdown);
         let mut last_cursor: Option<Cursor> = None;
         let mut pending_cursor: Option<Cursor> = None;
         loop {
             let message = tokio::select! {
                 biased;
-                close = close_rx.recv() => {
+                // The branch ends the loop, so the finished receiver is never polled again.
+                close = &mut close_rx => {
                     let (code, reason) = close.unwrap_or((close_code::GOING_AWAY, "closing"));
                     let frame = CloseFrame { code, reason: reason.into() };
                     // Replies to the commands read before the close are already queued, and
@@ -117,7 +137,7 @@ async fn serve(socket: WebSocket, state: AppState) {
                     None => break,
                 },
                 _ = ping.tick() => Message::Ping(Default::default()),
-                _ = shutdown.cancelled() => {
+                _ = &mut shutdown => {
                     let frame = CloseFrame {
                         code: close_code::GOING_AWAY,
                         reason: "server shutting down".into(),
@@ -177,6 +197,14 @@ async fn serve(socket: WebSocket, state: AppState) {
 
     let mut session =
         CommandSession::new(state.hub.clone(), out_tx, state.config.max_subscriptions);
+    // The sender stays alive until `serve` returns, because the writer takes a dropped sender
+    // as a request to close with 1001.
+    let mut close_tx = Some(close_tx);
+    let mut close = |code: u16, reason: &'static str| {
+        if let Some(sender) = close_tx.take() {
+            let _ = sender.send((code, reason));
+        }
+    };
     let mut closing = false;
     let max_message = state.config.max_command_bytes();
     // A live peer answers every heartbeat ping, so silence this long means it is gone.
@@ -201,42 +229,38 @@ async fn serve(socket: WebSocket, state: AppState) {
         let Some(received) = received else { break };
         match received {
             Ok(Message::Text(text)) if text.len() > max_message => {
-                let _ = close_tx
-                    .send((
-                        close_code::MESSAGE_TOO_BIG,
-                        "message larger than the maximum",
-                    ))
-                    .await;
+                close(
+                    close_code::MESSAGE_TOO_BIG,
+                    "message larger than the maximum",
+                );
                 closing = true;
                 break;
             }
             Ok(Message::Text(text)) => {
-                if !session.handle(text.as_bytes(), false).await {
+                // Handling a command takes far more state than waiting for one, so it runs on
+                // the heap and an idle connection's task keeps only what the wait needs.
+                if !Box::pin(session.handle(text.as_bytes(), false)).await {
                     break;
                 }
             }
             Ok(Message::Binary(_)) => {
-                let _ = close_tx
-                    .send((
-                        close_code::UNSUPPORTED_DATA,
-                        "binary frames are not accepted: send JSON commands as text",
-                    ))
-                    .await;
+                close(
+                    close_code::UNSUPPORTED_DATA,
+                    "binary frames are not accepted: send JSON commands as text",
+                );
                 closing = true;
                 break;
             }
             Ok(Message::Close(_)) => {
                 // The closing handshake (RFC 6455, 5.5.1): the server answers with a Close.
-                let _ = close_tx.send((close_code::NORMAL, "")).await;
+                close(close_code::NORMAL, "");
                 break;
             }
             Ok(Message::Ping(_) | Message::Pong(_)) => {}
             Err(e) => {
                 tracing::debug!(error = %e, "websocket read failed");
                 if is_capacity_error(&e) {
-                    let _ = close_tx
-                        .send((close_code::MESSAGE_TOO_BIG, "message too large"))
-                        .await;
+                    close(close_code::MESSAGE_TOO_BIG, "message too large");
                     closing = true;
                 }
                 break;

@@ -2,10 +2,9 @@
 //! watcher that ends the session when that stream ends.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::sync::mpsc;
 use tracing::trace;
 
-use super::session::End;
+use super::session::{ConnectRecv, End, EndSignal};
 use super::varint;
 
 /// CLOSE_WEBTRANSPORT_SESSION capsule type (draft-ietf-webtrans-http3, 5).
@@ -26,10 +25,7 @@ pub(super) fn close_capsule(code: u32, reason: &str) -> Bytes {
 }
 
 /// Reads the CONNECT stream until the session ends, parsing capsules as they come.
-pub(super) async fn watch_connect(
-    mut recv: h3::server::RequestStream<super::guard::RecvStream, Bytes>,
-    end: mpsc::Sender<End>,
-) {
+pub(super) async fn watch_connect(mut recv: Box<ConnectRecv>, end: EndSignal) {
     let mut buffer = BytesMut::new();
     let outcome = loop {
         match recv.recv_data().await {
@@ -50,7 +46,7 @@ pub(super) async fn watch_connect(
             Err(e) => break End::ConnectFailed(e.to_string()),
         }
     };
-    let _ = end.send(outcome).await;
+    end.end(outcome);
 }
 
 /// Consumes complete capsules from `buffer`; returns the end of the session on a close capsule.

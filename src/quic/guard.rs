@@ -6,11 +6,16 @@
 //! The guard reads each frame header on client bidirectional streams as the bytes pass
 //! through, and fails the stream as soon as a frame other than DATA declares more than the
 //! limit. WebTransport streams, which start with their own signal, pass through unchecked.
+//!
+//! Every stream the peer opens passes through here, so this is also where they are counted
+//! for the connection's [`StreamLimits`].
 
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use h3::quic::{self, ConnectionErrorIncoming, StreamErrorIncoming, StreamId, WriteBuf};
+
+use super::stream_limit::{Direction, StreamLimits};
 
 /// HTTP/3 DATA frame type (RFC 9114, 7.2.1); its payload is streamed, not buffered.
 const FRAME_DATA: u64 = 0x00;
@@ -19,16 +24,22 @@ const WT_STREAM: u64 = 0x41;
 /// H3_EXCESSIVE_LOAD (RFC 9114, 8.1): the peer makes the server do too much.
 const H3_EXCESSIVE_LOAD: u64 = 0x107;
 
-/// h3-quinn's connection, with every accepted bidirectional stream guarded.
+/// h3-quinn's connection, with every accepted bidirectional stream guarded and every
+/// accepted stream counted.
 pub struct Connection {
     inner: h3_quinn::Connection,
     max_frame: u64,
+    limits: StreamLimits,
 }
 
 impl Connection {
     /// Wraps `inner`; frames other than DATA may declare at most `max_frame` bytes.
-    pub fn new(inner: h3_quinn::Connection, max_frame: u64) -> Self {
-        Self { inner, max_frame }
+    pub fn new(inner: h3_quinn::Connection, max_frame: u64, limits: StreamLimits) -> Self {
+        Self {
+            inner,
+            max_frame,
+            limits,
+        }
     }
 }
 
@@ -278,7 +289,11 @@ impl quic::Connection<Bytes> for Connection {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::RecvStream, ConnectionErrorIncoming>> {
-        quic::Connection::<Bytes>::poll_accept_recv(&mut self.inner, cx)
+        let accepted = quic::Connection::<Bytes>::poll_accept_recv(&mut self.inner, cx);
+        if let Poll::Ready(Ok(_)) = &accepted {
+            self.limits.accepted(Direction::Uni);
+        }
+        accepted
     }
 
     fn poll_accept_bidi(
@@ -286,11 +301,13 @@ impl quic::Connection<Bytes> for Connection {
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::BidiStream, ConnectionErrorIncoming>> {
         let max_frame = self.max_frame;
-        quic::Connection::<Bytes>::poll_accept_bidi(&mut self.inner, cx).map_ok(|inner| {
-            BidiStream {
-                inner,
-                guard: Guard::new(max_frame),
-            }
+        let accepted = quic::Connection::<Bytes>::poll_accept_bidi(&mut self.inner, cx);
+        if let Poll::Ready(Ok(_)) = &accepted {
+            self.limits.accepted(Direction::Bidi);
+        }
+        accepted.map_ok(|inner| BidiStream {
+            inner,
+            guard: Guard::new(max_frame),
         })
     }
 

@@ -8,15 +8,19 @@ mod capsule;
 mod guard;
 mod request;
 mod session;
+mod stream_limit;
 mod varint;
 mod writer;
 
+use std::future::IntoFuture as _;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use h3::ext::Protocol;
 use http::{Method, StatusCode};
 use tokio_util::sync::CancellationToken;
@@ -28,6 +32,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 
 pub use session::SessionLimits;
+use stream_limit::StreamLimits;
 
 /// Largest request header section accepted over HTTP/3, in bytes (RFC 9114, 4.2.2). h3 0.0.8
 /// sets no limit of its own.
@@ -79,8 +84,8 @@ pub fn server_config(
     transport
         .max_idle_timeout(config.idle_timeout.try_into().ok())
         .keep_alive_interval(Some(config.idle_timeout / 3))
-        .max_concurrent_bidi_streams(256u32.into())
-        .max_concurrent_uni_streams(256u32.into())
+        .max_concurrent_bidi_streams(stream_limit::INITIAL_BIDI_STREAMS.into())
+        .max_concurrent_uni_streams(stream_limit::INITIAL_UNI_STREAMS.into())
         .stream_receive_window((1u32 << 20).into())
         .receive_window((8u32 << 20).into())
         .datagram_receive_buffer_size(Some(1 << 20))
@@ -92,17 +97,21 @@ pub fn server_config(
 /// Accepts connections on `endpoint` until shutdown.
 pub(crate) async fn serve(endpoint: quinn::Endpoint, context: Context) {
     let local = endpoint.local_addr().ok();
+    // Shared rather than cloned, so each connection's futures hold a pointer, not a copy.
+    let context = Arc::new(context);
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
             _ = context.shutdown.cancelled() => break,
         };
         let Some(incoming) = incoming else { break };
+        let remote = incoming.remote_address();
+        // The task holds only the handshake future, not the larger `Incoming` it came from,
+        // which would otherwise keep its room in the task for the life of the connection.
+        let handshake = incoming.into_future();
         let context = context.clone();
-        let tasks = context.tasks.clone();
-        tasks.spawn(async move {
-            let remote = incoming.remote_address();
-            match incoming.await {
+        context.tasks.clone().spawn(async move {
+            match handshake.await {
                 Ok(connection) => connection_task(connection, context).await,
                 Err(e) => debug!(%remote, error = %e, "QUIC handshake failed"),
             }
@@ -115,23 +124,18 @@ pub(crate) async fn serve(endpoint: quinn::Endpoint, context: Context) {
     debug!(?local, "QUIC endpoint closed");
 }
 
-async fn connection_task(connection: quinn::Connection, context: Context) {
+async fn connection_task(connection: quinn::Connection, context: Arc<Context>) {
     let remote = connection.remote_address();
     let id = connection.stable_id();
     debug!(conn = id, %remote, "QUIC connection open");
-    // The connection's work runs in a child task: a panic there (h3 0.0.8 can panic when a
-    // stream is stopped while its data still arrives) surfaces here as a join error and closes
-    // only this connection.
+    // h3 0.0.8 can panic when a stream is stopped while its data still arrives. The panic is
+    // caught here, in the connection's own task, and closes only this connection.
     let quic = connection.clone();
-    let work = tokio::spawn(handle_connection(connection, context));
-    match work.await {
-        Ok(()) => {}
-        Err(e) if e.is_panic() => {
-            warn!(conn = id, %remote, "connection task panicked; closing the connection");
-            // H3_INTERNAL_ERROR (RFC 9114, 8.1).
-            quic.close(0x0102u32.into(), b"internal error");
-        }
-        Err(_) => {}
+    let work = AssertUnwindSafe(handle_connection(connection, context)).catch_unwind();
+    if work.await.is_err() {
+        warn!(conn = id, %remote, "connection task panicked; closing the connection");
+        // H3_INTERNAL_ERROR (RFC 9114, 8.1).
+        quic.close(0x0102u32.into(), b"internal error");
     }
     debug!(conn = id, "QUIC connection closed");
 }
@@ -139,9 +143,17 @@ async fn connection_task(connection: quinn::Connection, context: Context) {
 type H3Connection = h3::server::Connection<guard::Connection, Bytes>;
 type H3Stream = h3::server::RequestStream<guard::BidiStream, Bytes>;
 
-async fn handle_connection(connection: quinn::Connection, context: Context) {
-    let conn_id = connection.stable_id();
-    let built = h3::server::builder()
+/// A WebTransport CONNECT request on its way from its resolver task to the connection task.
+/// It is boxed because a tokio channel allocates room for 32 values up front.
+type ConnectRequest = Box<(http::Request<()>, H3Stream)>;
+
+/// Sets up HTTP/3 on `connection`: opens the control stream and sends SETTINGS. The HTTP/3
+/// connection comes back boxed so that the futures that own it stay small, since an idle
+/// connection keeps them for its whole life.
+async fn start_h3(
+    connection: &quinn::Connection,
+) -> Result<Box<H3Connection>, h3::error::ConnectionError> {
+    let h3 = h3::server::builder()
         .enable_webtransport(true)
         .enable_extended_connect(true)
         .enable_datagram(true)
@@ -151,21 +163,43 @@ async fn handle_connection(connection: quinn::Connection, context: Context) {
         .build(guard::Connection::new(
             h3_quinn::Connection::new(connection.clone()),
             MAX_HEADER_BYTES,
+            StreamLimits::new(connection.clone()),
         ))
-        .await;
-    let mut h3: H3Connection = match built {
+        .await?;
+    Ok(Box::new(h3))
+}
+
+async fn handle_connection(connection: quinn::Connection, context: Arc<Context>) {
+    let conn_id = connection.stable_id();
+    // The set-up future is large and short-lived, so it goes on the heap instead of into this
+    // function's state, which lasts as long as the connection.
+    let mut h3 = match Box::pin(start_h3(&connection)).await {
         Ok(h3) => h3,
         Err(e) => {
             debug!(conn = conn_id, error = %e, "HTTP/3 set-up failed");
             return;
         }
     };
+    // The accept loop's state is large and a session does not need it, so it lives on the
+    // heap and is gone by the time the session runs.
+    let accepted = Box::pin(accept_requests(&mut h3, &context, conn_id)).await;
+    let Some(connect) = accepted else {
+        return;
+    };
+    session::run(h3, connection, connect, &context).await;
+}
 
+/// Serves the connection's HTTP/3 requests until the connection ends, the server shuts down
+/// or a WebTransport CONNECT arrives that opens a session. Returns that CONNECT request.
+async fn accept_requests(
+    h3: &mut H3Connection,
+    context: &Arc<Context>,
+    conn_id: usize,
+) -> Option<ConnectRequest> {
     // Requests are resolved in their own tasks so a slow header block cannot hold up the
     // accept loop; a WebTransport CONNECT comes back here, because the session needs the
     // connection itself.
-    let (connect_tx, mut connect_rx) =
-        tokio::sync::mpsc::channel::<(http::Request<()>, H3Stream)>(1);
+    let (connect_tx, mut connect_rx) = tokio::sync::mpsc::channel::<ConnectRequest>(1);
     loop {
         tokio::select! {
             accepted = h3.accept() => match accepted {
@@ -189,39 +223,39 @@ async fn handle_connection(connection: quinn::Connection, context: Context) {
                             return;
                         }
                         match connect_tx.reserve().await {
-                            Ok(permit) => permit.send((request, stream)),
+                            Ok(permit) => permit.send(Box::new((request, stream))),
                             Err(_) => request::serve(request, stream, &context).await,
                         }
                     });
                 }
-                Ok(None) => return,
+                Ok(None) => return None,
                 Err(e) => {
                     debug!(conn = conn_id, error = %e, "HTTP/3 connection ended");
-                    return;
+                    return None;
                 }
             },
             connect = connect_rx.recv() => {
-                let Some((request, stream)) = connect else { return };
-                if let Some(reason) = session::refusal(&h3) {
+                let connect = connect?;
+                if let Some(reason) = session::refusal(h3) {
                     // Browsers show only "connection rejected", so the reason goes to the log.
                     warn!(conn = conn_id, reason, "WebTransport session rejected");
+                    let (_, stream) = *connect;
                     context.tasks.spawn(reject_connect(stream, StatusCode::BAD_REQUEST, reason));
                     continue;
                 }
-                drop(request);
                 connect_rx.close();
-                while let Ok((request, stream)) = connect_rx.try_recv() {
+                while let Ok(queued) = connect_rx.try_recv() {
                     let context = context.clone();
                     context.tasks.clone().spawn(async move {
+                        let (request, stream) = *queued;
                         request::serve(request, stream, &context).await;
                     });
                 }
-                session::run(h3, connection, stream, context).await;
-                return;
+                return Some(connect);
             }
             _ = context.shutdown.cancelled() => {
                 let _ = tokio::time::timeout(Duration::from_secs(1), h3.shutdown(0)).await;
-                return;
+                return None;
             }
         }
     }
@@ -243,13 +277,39 @@ pub(crate) async fn reject_connect(mut stream: H3Stream, status: StatusCode, rea
     }
 }
 
-/// Binds one endpoint.
+/// Binds one endpoint on a UDP socket whose kernel buffers are `buffer_bytes` each.
+///
+/// The kernel's default of about 208 KiB overflows when many connections burst at once (a
+/// fan-out writes one packet to every subscriber's connection), and every packet it drops
+/// costs QUIC a loss-recovery round and, for datagrams, the datagram itself.
 ///
 /// # Errors
 ///
-/// Returns the I/O error of binding the UDP socket.
-pub fn bind(addr: SocketAddr, config: quinn::ServerConfig) -> std::io::Result<quinn::Endpoint> {
-    let endpoint = quinn::Endpoint::server(config, addr)?;
+/// Returns the I/O error of creating or binding the UDP socket.
+pub fn bind(
+    addr: SocketAddr,
+    config: quinn::ServerConfig,
+    buffer_bytes: usize,
+) -> std::io::Result<quinn::Endpoint> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    // Failing to resize leaves the default buffers, which work, only with more drops.
+    if let Err(e) = socket.set_recv_buffer_size(buffer_bytes) {
+        warn!(%addr, error = %e, "failed to set the UDP receive buffer size");
+    }
+    if let Err(e) = socket.set_send_buffer_size(buffer_bytes) {
+        warn!(%addr, error = %e, "failed to set the UDP send buffer size");
+    }
+    socket.bind(&addr.into())?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket.into(),
+        Arc::new(quinn::TokioRuntime),
+    )?;
     info!(addr = %endpoint.local_addr()?, "listening for QUIC (HTTP/3, WebTransport)");
     Ok(endpoint)
 }

@@ -32,12 +32,12 @@ use h3::webtransport::SessionId;
 use h3::ConnectionState as _;
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex};
 use tracing::debug;
 
 use super::capsule::{close_capsule, watch_connect};
 use super::writer::{send_datagram, write_loop, Writer};
-use super::{request, varint, Context, H3Connection, H3Stream};
+use super::{request, varint, ConnectRequest, Context, H3Connection};
 use crate::commands::{CommandSession, Outbound, TelemetryPath};
 use crate::cursor::Cursor;
 use crate::error::wt_code;
@@ -64,8 +64,11 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Bidirectional streams a session may open besides its control stream before it is closed.
 /// h3 0.0.8 keeps the id of every such stream for the life of the connection.
 const MAX_EXTRA_BIDI: usize = 16;
+/// Capacity of the channel of replies and deliveries to the session's writer.
+const OUTBOUND_CAPACITY: usize = 64;
 
 pub(super) type WtBidi = BufRecvStream<super::guard::BidiStream, Bytes>;
+type Resolver = h3::server::RequestResolver<super::guard::Connection, Bytes>;
 type WtRecv = BufRecvStream<h3_quinn::RecvStream, Bytes>;
 
 enum Incoming {
@@ -96,6 +99,30 @@ pub(super) enum End {
     Shutdown,
 }
 
+/// The one-time signal that ends a session, shared by every part of the session that can end
+/// it. The first reason given wins, and later ones are dropped.
+#[derive(Clone)]
+pub(super) struct EndSignal(Arc<std::sync::Mutex<Option<oneshot::Sender<End>>>>);
+
+impl EndSignal {
+    fn new() -> (Self, oneshot::Receiver<End>) {
+        let (tx, rx) = oneshot::channel();
+        (Self(Arc::new(std::sync::Mutex::new(Some(tx)))), rx)
+    }
+
+    /// Ends the session for `reason`, unless it is already ending for another one.
+    pub(super) fn end(&self, reason: End) {
+        let sender = self.0.lock().ok().and_then(|mut slot| slot.take());
+        if let Some(sender) = sender {
+            let _ = sender.send(reason);
+        }
+    }
+}
+
+/// The write half of the control stream, handed once from the task that accepts the stream to
+/// the session's writer.
+type ControlSlot = Arc<std::sync::Mutex<Option<oneshot::Sender<tokio::io::WriteHalf<WtBidi>>>>>;
+
 /// Returns why a session cannot open on this connection, judged by the client's SETTINGS.
 pub(super) fn refusal(h3: &H3Connection) -> Option<&'static str> {
     let settings = h3.inner.shared_state().settings();
@@ -108,28 +135,27 @@ pub(super) fn refusal(h3: &H3Connection) -> Option<&'static str> {
     None
 }
 
+/// The half of the CONNECT stream that sends capsules to the client.
+type ConnectSend = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+/// The half of the CONNECT stream that receives the client's capsules.
+pub(super) type ConnectRecv = h3::server::RequestStream<super::guard::RecvStream, Bytes>;
+
 /// Runs one accepted WebTransport session until it ends; the connection closes with it.
+///
+/// An idle session keeps this future for its whole life, so everything large in it (the
+/// HTTP/3 connection, the CONNECT stream, the accept and close steps) is boxed.
 pub(super) async fn run(
-    mut h3: H3Connection,
+    mut h3: Box<H3Connection>,
     quic: quinn::Connection,
-    mut connect: H3Stream,
-    context: Context,
+    connect: ConnectRequest,
+    context: &Arc<Context>,
 ) {
     let conn_id = quic.stable_id();
-    let response = http::Response::builder()
-        .status(StatusCode::OK)
-        .header("sec-webtransport-http3-draft", "draft02")
-        .body(());
-    let sent = match response {
-        Ok(response) => connect.send_response(response).await,
-        Err(_) => return,
-    };
-    if let Err(e) = sent {
-        debug!(conn = conn_id, error = %e, "WebTransport response failed");
+    let Some((session_id, connect_send, connect_recv)) =
+        Box::pin(accept_connect(connect, conn_id)).await
+    else {
         return;
-    }
-
-    let session_id = connect.id().into_inner();
+    };
     // A stream id is a QUIC varint, so it always fits a session id; the branch is defensive.
     let Ok(session) = SessionId::try_from(session_id) else {
         debug!(
@@ -149,8 +175,7 @@ pub(super) async fn run(
         "WebTransport session open"
     );
 
-    let (connect_send, connect_recv) = connect.split();
-    let (out_tx, out_rx) = mpsc::channel::<Outbound>(64);
+    let (out_tx, out_rx) = mpsc::channel::<Outbound>(OUTBOUND_CAPACITY);
     let prefix = {
         let mut p = BytesMut::new();
         varint::put(&mut p, session_id / 4);
@@ -171,51 +196,92 @@ pub(super) async fn run(
     )
     .with_telemetry_path(telemetry_path);
     let commands = Arc::new(Mutex::new(commands));
-    let (control_tx, control_rx) = mpsc::channel::<tokio::io::WriteHalf<WtBidi>>(1);
-    let (end_tx, mut end_rx) = mpsc::channel::<End>(4);
+    let (control_tx, control_rx) = oneshot::channel::<tokio::io::WriteHalf<WtBidi>>();
+    let (end, mut end_rx) = EndSignal::new();
 
-    let writer = Writer {
+    let writer = Box::new(Writer {
         quic: quic.clone(),
         session_id,
         prefix,
-        lanes: (0..context.limits.event_streams).map(|_| None).collect(),
+        lanes: Vec::new(),
+        max_lanes: context.limits.event_streams,
         assigned: std::collections::HashMap::new(),
         write_timeout: context.write_timeout,
         metrics: context.metrics.clone(),
         last_cursor: None,
-    };
-    let writer = tokio::spawn(write_loop(writer, out_rx, control_rx, end_tx.clone()));
-    let datagrams = tokio::spawn(read_datagrams(
-        quic.clone(),
-        session_id,
-        commands.clone(),
-        context.clone(),
-    ));
-    let watcher = tokio::spawn(watch_connect(connect_recv, end_tx.clone()));
+    });
+    // The writer, the datagram reader and the CONNECT stream watcher run in this task rather
+    // than in tasks of their own, which saves a task allocation each for every idle session.
+    // Each of them returns only after it has ended the session or the connection is gone.
+    let background = futures_util::future::join3(
+        write_loop(writer, out_rx, control_rx, end.clone()),
+        read_datagrams(quic.clone(), session_id, commands.clone(), context.clone()),
+        watch_connect(connect_recv, end.clone()),
+    );
 
-    let session = SessionStreams {
+    let mut session = SessionStreams {
         session_id: session,
         commands: commands.clone(),
         control: Arc::new(std::sync::Mutex::new(Some(control_tx))),
         extra_bidi: Arc::new(AtomicUsize::new(0)),
-        end: end_tx.clone(),
+        end,
         max_frame: context.limits.max_frame,
         context: context.clone(),
     };
-    let end = drive(&mut h3, session, &mut end_rx, &context).await;
+    let end = tokio::select! {
+        biased;
+        end = drive(&mut h3, &mut session, &mut end_rx, context) => end,
+        _ = background => End::Connection("closed".into()),
+    };
     debug!(conn = conn_id, session = session_id, reason = ?end, "WebTransport session closed");
 
-    // Subscriptions go first, so nothing more is queued for a peer that is leaving.
+    // Subscriptions go first, so nothing more is queued for a peer that is leaving. The writer,
+    // datagram reader and watcher ended with the `select!` above, and `session` holds the
+    // other reference to the commands.
+    drop(session);
     drop(commands);
-    watcher.abort();
-    datagrams.abort();
-    writer.abort();
     context
         .metrics
         .sessions_open
         .fetch_sub(1, Ordering::Relaxed);
 
-    let mut connect_send = connect_send;
+    // The close capsules go out on the heap, so these rarely taken paths add nothing to the
+    // state the session keeps while it is open.
+    Box::pin(close_connect(connect_send, end)).await;
+    // The close capsule must reach the client before the connection goes, so the client gets
+    // to close first; a client that does not is cut after the grace period.
+    tokio::select! {
+        _ = quic.closed() => {}
+        _ = tokio::time::sleep(CLOSE_GRACE) => {}
+    }
+    quic.close(H3_NO_ERROR.into(), b"WebTransport session closed");
+}
+
+/// Responds to the CONNECT request with 200 and splits its stream. Returns the session id (the
+/// CONNECT stream's id) and the two halves, boxed because the session keeps them until it
+/// ends, or `None` when the response cannot be sent.
+async fn accept_connect(
+    connect: ConnectRequest,
+    conn_id: usize,
+) -> Option<(u64, Box<ConnectSend>, Box<ConnectRecv>)> {
+    let (_request, mut stream) = *connect;
+    let response = http::Response::builder()
+        .status(StatusCode::OK)
+        .header("sec-webtransport-http3-draft", "draft02")
+        .body(())
+        .ok()?;
+    if let Err(e) = stream.send_response(response).await {
+        debug!(conn = conn_id, error = %e, "WebTransport response failed");
+        return None;
+    }
+    let session_id = stream.id().into_inner();
+    let (send, recv) = stream.split();
+    Some((session_id, Box::new(send), Box::new(recv)))
+}
+
+/// Sends the close capsule with the reason the session ended, for the reasons that have one,
+/// and finishes the CONNECT stream.
+async fn close_connect(mut connect_send: Box<ConnectSend>, end: End) {
     match end {
         End::Shutdown => {
             let _ = connect_send
@@ -255,45 +321,44 @@ pub(super) async fn run(
             let _ = connect_send.finish().await;
         }
     }
-    // The close capsule must reach the client before the connection goes, so the client gets
-    // to close first; a client that does not is cut after the grace period.
-    tokio::select! {
-        _ = quic.closed() => {}
-        _ = tokio::time::sleep(CLOSE_GRACE) => {}
-    }
-    quic.close(H3_NO_ERROR.into(), b"WebTransport session closed");
 }
 
 struct SessionStreams {
     session_id: SessionId,
     commands: Arc<Mutex<CommandSession>>,
     /// Taken by the first WebTransport bidirectional stream, which becomes the control stream.
-    control: Arc<std::sync::Mutex<Option<mpsc::Sender<tokio::io::WriteHalf<WtBidi>>>>>,
+    control: ControlSlot,
     /// Bidirectional WebTransport streams opened besides the control stream.
     extra_bidi: Arc<AtomicUsize>,
-    end: mpsc::Sender<End>,
+    end: EndSignal,
     max_frame: usize,
-    context: Context,
+    context: Arc<Context>,
 }
 
 /// Accepts the session's streams until it ends.
 async fn drive(
     h3: &mut H3Connection,
-    mut session: SessionStreams,
-    end_rx: &mut mpsc::Receiver<End>,
+    session: &mut SessionStreams,
+    end_rx: &mut oneshot::Receiver<End>,
     context: &Context,
 ) -> End {
     loop {
         let incoming = tokio::select! {
             incoming = next_incoming(h3) => incoming,
-            end = end_rx.recv() => return end.unwrap_or(End::Connection("closed".into())),
+            // `session` keeps the sender, so the channel cannot close while this loop runs, and
+            // the fallback is defensive.
+            end = &mut *end_rx => return end.unwrap_or(End::Connection("closed".into())),
             _ = context.shutdown.cancelled() => return End::Shutdown,
         };
         match incoming {
             Ok(Incoming::Bidi(stream)) => {
-                let resolver = h3.create_resolver(FrameStream::new(BufRecvStream::new(*stream)));
-                accept_bidi(resolver, &mut session);
+                let stream = FrameStream::new(BufRecvStream::new(*stream));
+                accept_bidi(Box::new(h3.create_resolver(stream)), session);
             }
+            // NOTE: h3 0.0.8 parses a unidirectional stream's session id only after a read
+            // beyond the chunk that carried the stream type. A stream whose header and first
+            // command arrive in one chunk therefore reaches this arm only once more data or
+            // the end of the stream arrives.
             Ok(Incoming::Uni(id, stream)) => {
                 if id != session.session_id {
                     debug!(session = ?id, "unidirectional stream for an unknown session dropped");
@@ -337,10 +402,9 @@ async fn next_incoming(h3: &mut H3Connection) -> Result<Incoming, String> {
 
 /// Reads a new bidirectional stream's first frame in its own task: a WebTransport stream of
 /// this session becomes the control stream, anything else is served as an HTTP/3 request.
-fn accept_bidi(
-    mut resolver: h3::server::RequestResolver<super::guard::Connection, Bytes>,
-    session: &mut SessionStreams,
-) {
+/// The resolver arrives boxed because the task keeps its capture for as long as the stream
+/// lives, which is the whole session for the control stream.
+fn accept_bidi(mut resolver: Box<Resolver>, session: &mut SessionStreams) {
     let control = session.control.clone();
     let session_id = session.session_id;
     let commands = session.commands.clone();
@@ -352,7 +416,7 @@ fn accept_bidi(
         let frame = std::future::poll_fn(|cx| resolver.frame_stream.poll_next(cx)).await;
         match frame {
             Ok(Some(Frame::WebTransportStream(id))) => {
-                let stream: WtBidi = resolver.frame_stream.into_inner();
+                let stream = into_wt_stream(resolver);
                 if id != session_id {
                     debug!(session = ?id, "bidirectional stream for an unknown session dropped");
                     return;
@@ -361,7 +425,7 @@ fn accept_bidi(
                 let Some(control) = control else {
                     if extra_bidi.fetch_add(1, Ordering::Relaxed) >= MAX_EXTRA_BIDI {
                         Metrics::add(&context.metrics.sessions_stream_limit);
-                        let _ = end.send(End::StreamLimit).await;
+                        end.end(End::StreamLimit);
                         return;
                     }
                     let (_, mut write) = tokio::io::split(stream);
@@ -376,32 +440,48 @@ fn accept_bidi(
                     return;
                 };
                 let (read, write) = tokio::io::split(stream);
-                if control.send(write).await.is_err() {
+                if control.send(write).is_err() {
                     return;
                 }
                 let outcome = read_commands(read, &commands, max_frame).await;
                 if let Err(reason) = outcome {
-                    let _ = end.send(End::Control(reason)).await;
+                    end.end(End::Control(reason));
                 }
             }
             Ok(None) => {}
-            frame => {
-                let resolved = match resolver.accept_with_frame(frame) {
-                    Ok(resolved) => resolved,
-                    Err(e) => {
-                        debug!(error = %e, "invalid HTTP/3 request in a WebTransport session");
-                        return;
-                    }
-                };
-                match resolved.resolve().await {
-                    Ok((request, stream)) => request::serve(request, stream, &context).await,
-                    Err(e) => {
-                        debug!(error = %e, "invalid HTTP/3 request in a WebTransport session")
-                    }
-                }
-            }
+            // An HTTP/3 request is served from the heap, so the control stream task, which
+            // lives as long as the session, does not carry room for a request in its state.
+            frame => Box::pin(serve_request(*resolver, frame, context)).await,
         }
     });
+}
+
+/// Takes the WebTransport stream out of its resolver. The box is consumed here, so it is freed
+/// now rather than when the task that held it ends, which for the control stream is when the
+/// session ends.
+fn into_wt_stream(resolver: Box<Resolver>) -> WtBidi {
+    let resolver = *resolver;
+    resolver.frame_stream.into_inner()
+}
+
+/// Serves an HTTP/3 request that arrived on a connection owned by a WebTransport session,
+/// given the request stream's first frame.
+async fn serve_request(
+    resolver: Resolver,
+    frame: Result<Option<Frame<h3::proto::frame::PayloadLen>>, h3::frame::FrameStreamError>,
+    context: Arc<Context>,
+) {
+    let resolved = match resolver.accept_with_frame(frame) {
+        Ok(resolved) => resolved,
+        Err(e) => {
+            debug!(error = %e, "invalid HTTP/3 request in a WebTransport session");
+            return;
+        }
+    };
+    match resolved.resolve().await {
+        Ok((request, stream)) => request::serve(request, stream, &context).await,
+        Err(e) => debug!(error = %e, "invalid HTTP/3 request in a WebTransport session"),
+    }
 }
 
 /// Reads length-prefixed commands until the stream ends. A frame above `max_frame` is an error
@@ -423,7 +503,10 @@ async fn read_commands<R: AsyncRead + Unpin>(
         if read.read_exact(&mut frame).await.is_err() {
             return Ok(());
         }
-        if !commands.lock().await.handle(&frame, true).await {
+        // Handling a command takes far more state than waiting for one, so it runs on the
+        // heap and an idle control stream keeps only what the wait needs.
+        let handled = Box::pin(async { commands.lock().await.handle(&frame, true).await });
+        if !handled.await {
             return Ok(());
         }
     }
@@ -445,7 +528,7 @@ async fn read_datagrams(
     quic: quinn::Connection,
     session_id: u64,
     commands: Arc<Mutex<CommandSession>>,
-    context: Context,
+    context: Arc<Context>,
 ) {
     let quarter = session_id / 4;
     let dropped = || Metrics::add(&context.metrics.datagrams_dropped);

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt as _;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use super::session::{End, WtBidi};
+use super::session::{End, EndSignal, WtBidi};
 use super::varint;
 use crate::commands::Outbound;
 use crate::cursor::Cursor;
@@ -28,7 +28,11 @@ pub(super) struct Writer {
     pub(super) session_id: u64,
     /// Quarter stream id that starts every datagram of this session (RFC 9297, 2.1).
     pub(super) prefix: Bytes,
+    /// Event streams by lane, opened as topics arrive; a lane is `None` after the client stopped
+    /// its stream, until the next event opens it again.
     pub(super) lanes: Vec<Option<quinn::SendStream>>,
+    /// Number of lanes the session may open.
+    pub(super) max_lanes: usize,
     /// Lane of each topic seen while lanes were still free; other topics go by hash.
     pub(super) assigned: std::collections::HashMap<crate::topic::Topic, usize>,
     pub(super) write_timeout: Duration,
@@ -43,19 +47,26 @@ enum WriteError {
     Stalled,
 }
 
+/// Writes everything the session sends until the session ends. The writer arrives boxed, so
+/// this future, which lives as long as the session, does not hold it twice.
 pub(super) async fn write_loop(
-    mut writer: Writer,
+    mut writer: Box<Writer>,
     mut out: mpsc::Receiver<Outbound>,
-    mut control: mpsc::Receiver<tokio::io::WriteHalf<WtBidi>>,
-    end: mpsc::Sender<End>,
+    control: oneshot::Receiver<tokio::io::WriteHalf<WtBidi>>,
+    end: EndSignal,
 ) {
-    let Some(mut control) = control.recv().await else {
+    let Ok(mut control) = control.await else {
         return;
     };
     let write_timeout = writer.write_timeout;
     while let Some(outbound) = out.recv().await {
-        let write = writer.write(&mut control, outbound);
-        let result = match tokio::time::timeout(write_timeout, write).await {
+        // The write and its timer go on the heap, one allocation per item, so a session that
+        // waits for its next item keeps no room for them.
+        let write = Box::pin(tokio::time::timeout(
+            write_timeout,
+            writer.write(&mut control, outbound),
+        ));
+        let result = match write.await {
             Ok(result) => result,
             Err(_) => Err(WriteError::Stalled),
         };
@@ -63,12 +74,12 @@ pub(super) async fn write_loop(
             Ok(()) => {}
             Err(WriteError::Stalled) => {
                 Metrics::add(&writer.metrics.disconnected_slow);
-                let _ = end.send(End::TooSlow(writer.last_cursor)).await;
+                end.end(End::TooSlow(writer.last_cursor));
                 return;
             }
             Err(WriteError::Failed(e)) => {
                 debug!(session = writer.session_id, error = %e, "WebTransport write failed");
-                let _ = end.send(End::Connection(e)).await;
+                end.end(End::Connection(e));
                 return;
             }
         }
@@ -125,8 +136,10 @@ impl Writer {
         if let Some(index) = self.assigned.get(topic) {
             return *index;
         }
-        if self.assigned.len() < self.lanes.len() {
-            let index = self.assigned.len();
+        // Lanes are added one per new topic, so a session that sends nothing has none.
+        if self.lanes.len() < self.max_lanes {
+            let index = self.lanes.len();
+            self.lanes.push(None);
             self.assigned.insert(topic.clone(), index);
             return index;
         }
