@@ -94,6 +94,21 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     let cancel = CancellationToken::new();
     let settle = Duration::from_secs_f64(args.settle.max(0.0));
 
+    // Every TCP connection takes a descriptor on both sides. Headroom is kept so the server
+    // can still accept the request for /metrics after the last connection.
+    let mut stopped_by = None;
+    let mut requested = args.connections;
+    if !args.target.uses_quic() {
+        let room = descriptors_left(pid).min(descriptors_left(std::process::id()));
+        if let Some(room) = room.filter(|room| *room < requested) {
+            requested = room;
+            stopped_by = Some(format!(
+                "open file limit: the server or the load generator has room for {room} more connections, \
+                 keeping {DESCRIPTOR_HEADROOM} descriptors spare (raise the hard limit with \
+                 `ulimit -Hn` as root for more)"
+            ));
+        }
+    }
     let before = memory(pid, metrics, settle).await?;
     let own_before = resident_kib(std::process::id()).unwrap_or(0);
     let subscribers = open_subscribers(
@@ -101,7 +116,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         &shared,
         &cancel,
         Opening {
-            count: args.connections,
+            count: requested,
             concurrency: args.connect_concurrency,
             order: Order::Sequence,
             stop_on_error: true,
@@ -111,7 +126,9 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     .await;
     let after = memory(pid, metrics, settle).await?;
     let own_after = resident_kib(std::process::id()).unwrap_or(0);
-    let connecting = subscribers.connecting.clone();
+    let mut connecting = subscribers.connecting.clone();
+    // The run asked for `--connections`, even where the descriptor limit cut it short.
+    connecting.requested = args.connections;
     let opened = connecting.opened.max(1) as f64;
     let per = |before: u64, after: u64, unit: f64| {
         round3(after.saturating_sub(before) as f64 / unit / opened)
@@ -121,7 +138,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         .heap_bytes
         .zip(after.heap_bytes)
         .map(|(b, a)| per(b, a, 1024.0));
-    let stopped_by = connecting.first_error.clone();
+    let stopped_by = connecting.first_error.clone().or(stopped_by);
     let totals = collect(subscribers.readers, &cancel).await;
     ctx.wait_closed().await;
     let failure = (connecting.opened == 0).then(|| "no connection opened".to_owned());
@@ -175,8 +192,30 @@ async fn memory(pid: u32, metrics: Option<SocketAddr>, settle: Duration) -> anyh
     })
 }
 
+/// Descriptors kept free in each process for the /metrics request and the runtime's own.
+const DESCRIPTOR_HEADROOM: usize = 64;
+
+/// Connections process `pid` can still open before its soft limit on open files, less
+/// `DESCRIPTOR_HEADROOM`; `None` when /proc does not tell.
+fn descriptors_left(pid: u32) -> Option<usize> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let limit: usize = line.split_whitespace().nth(3)?.parse().ok()?;
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
+    Some(limit.saturating_sub(open + DESCRIPTOR_HEADROOM))
+}
+
+/// Time allowed for reading /metrics.
+const METRICS_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Reads one value from hubcast's Prometheus text at `GET /metrics`.
 pub async fn metric(addr: SocketAddr, name: &str) -> anyhow::Result<u64> {
+    tokio::time::timeout(METRICS_TIMEOUT, read_metric(addr, name))
+        .await
+        .with_context(|| format!("reading http://{addr}/metrics timed out"))?
+}
+
+async fn read_metric(addr: SocketAddr, name: &str) -> anyhow::Result<u64> {
     let mut sender = http_sender(addr).await?;
     let request = http::Request::get("/metrics")
         .header(http::header::HOST, addr.to_string())
