@@ -274,6 +274,95 @@ async fn websocket_subscribe_publish_ack() {
     server.wait_subscribers(0).await;
 }
 
+/// While events flow, a subscription's reply arrives before its first event and its
+/// unsubscribe reply after its last, and the connection's other subscription keeps receiving.
+#[tokio::test]
+async fn subscription_replies_bracket_deliveries() {
+    let server = TestServer::start().await;
+    let mut publisher = ws_connect(&server).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let publishing = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut id = 0u64;
+            while !stop.is_cancelled() {
+                for topic in ["flow/a", "flow/b"] {
+                    id += 1;
+                    let command = json!({"op": "publish", "id": id, "topic": topic});
+                    ws_send(&mut publisher, command).await;
+                    assert_eq!(ws_next(&mut publisher).await["op"], "ack");
+                }
+            }
+        }
+    });
+
+    let mut ws = ws_connect(&server).await;
+    ws_send(
+        &mut ws,
+        json!({"op": "subscribe", "id": 1, "filters": ["flow/b"]}),
+    )
+    .await;
+    let first = ws_next(&mut ws).await;
+    assert_eq!(first["op"], "subscribed", "first message {first}");
+
+    // Until the second reply, only events of the first subscription may arrive.
+    ws_send(
+        &mut ws,
+        json!({"op": "subscribe", "id": 2, "filters": ["flow/a"]}),
+    )
+    .await;
+    let second = loop {
+        let message = ws_next(&mut ws).await;
+        if message["op"] == "subscribed" {
+            break message;
+        }
+        assert_eq!(message["topic"], "flow/b", "before the reply: {message}");
+    };
+    assert_eq!(second["id"], 2);
+    let sub_a = second["sub"].as_u64().unwrap();
+
+    // Both subscriptions deliver, each topic in cursor order.
+    let mut last: std::collections::HashMap<String, u64> = Default::default();
+    let mut seen_a = 0;
+    let mut seen_b = 0;
+    while seen_a < 5 || seen_b < 5 {
+        let event = ws_next(&mut ws).await;
+        assert_eq!(event["op"], "event", "{event}");
+        let topic = event["topic"].as_str().unwrap().to_owned();
+        let seq: u64 = event["cursor"]
+            .as_str()
+            .unwrap()
+            .split('-')
+            .next_back()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let previous = last.insert(topic.clone(), seq).unwrap_or(0);
+        assert!(seq > previous, "{topic} went from {previous} to {seq}");
+        match topic.as_str() {
+            "flow/a" => seen_a += 1,
+            _ => seen_b += 1,
+        }
+    }
+
+    ws_send(&mut ws, json!({"op": "unsubscribe", "id": 3, "sub": sub_a})).await;
+    loop {
+        let message = ws_next(&mut ws).await;
+        if message["op"] == "unsubscribed" {
+            assert_eq!(message["sub"], sub_a);
+            break;
+        }
+        assert_eq!(message["op"], "event", "{message}");
+    }
+    for _ in 0..20 {
+        let event = ws_next(&mut ws).await;
+        assert_eq!(event["topic"], "flow/b", "after unsubscribing: {event}");
+    }
+
+    stop.cancel();
+    within("publisher stops", publishing).await.unwrap();
+}
+
 #[tokio::test]
 async fn websocket_binary_payload_round_trips() {
     let server = TestServer::start().await;
