@@ -91,6 +91,12 @@ load_telemetry --publishers "$PUBLISHERS" --subscribers 100 --rate 100 \
 start_server telemetry-max
 load_telemetry --publishers 100 --subscribers 100 --rate max \
     --duration "$DURATION" --json "$OUT/telemetry-max.json"
+stop_server
+# The raw quinn ceiling in the shape of the paced run: one connection per publisher and the same
+# total rate, so that both move the same number of packets. benches/peers/run.sh measures the
+# echo at full rate over 100 connections, the shape of telemetry-max.
+target/release/examples/peer-raw-quinn --connections "$PUBLISHERS" --size 100 \
+    --rate "$((PUBLISHERS * 100))" --duration "$DURATION" >"$OUT/raw-quinn-paced.json"
 
 echo "== idle connections"
 start_server idle-ws

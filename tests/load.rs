@@ -249,6 +249,16 @@ async fn storm_completes_connections_on_every_transport() {
     }
 }
 
+/// Runs `hubcast-load report` on `results` into `page` and returns the page.
+fn render_report(results: &Path, page: &Path) -> String {
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_hubcast-load"))
+        .args(["report", results.to_str().unwrap(), page.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "hubcast-load report failed");
+    std::fs::read_to_string(page).unwrap()
+}
+
 #[tokio::test]
 async fn report_renders_results_between_markers() {
     let server = TestServer::start().await;
@@ -274,12 +284,7 @@ async fn report_renders_results_between_markers() {
     let before = "# Page\n\nkept\n\n<!-- hubcast-load report: begin -->\nold\n\
                   <!-- hubcast-load report: end -->\n\nalso kept\n";
     std::fs::write(&page, before).unwrap();
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_hubcast-load"))
-        .args(["report", results.to_str().unwrap(), page.to_str().unwrap()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let after = std::fs::read_to_string(&page).unwrap();
+    let after = render_report(&results, &page);
     assert!(after.starts_with("# Page\n\nkept\n"), "{after}");
     assert!(
         after.ends_with("<!-- hubcast-load report: end -->\n\nalso kept\n"),
@@ -288,5 +293,64 @@ async fn report_renders_results_between_markers() {
     assert!(!after.contains("\nold\n"), "{after}");
     assert!(after.contains("| hubcast-ws | 3 |"), "{after}");
     assert!(after.contains("Machine: "), "{after}");
+    let _ = std::fs::remove_dir_all(Path::new(&dir));
+}
+
+#[tokio::test]
+async fn report_compares_telemetry_with_same_shape_echo() {
+    let server = TestServer::start().await;
+    let dir = temp_dir();
+    let results = dir.join("results");
+    std::fs::create_dir_all(&results).unwrap();
+    let telemetry_file = results.join("telemetry-paced.json");
+    let (code, telemetry) = load(&[
+        "telemetry",
+        "--server",
+        &server.quic.to_string(),
+        "--publishers",
+        "4",
+        "--subscribers",
+        "2",
+        "--rate",
+        "50",
+        "--duration",
+        "0.5",
+        "--json",
+        telemetry_file.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{telemetry}");
+
+    // Echo results in the format of benches/peers/raw_quinn.rs: one run of the same shape (4
+    // connections, 200 datagrams/s in total) and one of another shape.
+    let same_shape = serde_json::json!({
+        "connections": 4, "size": 100, "rate_per_s": 200.0, "sent": 1000, "received": 800,
+        "duration_s": 5.0, "received_per_s": 160.0, "cpu_s": 1.0
+    });
+    let other_shape = serde_json::json!({
+        "connections": 100, "size": 100, "rate_per_s": null, "sent": 1000, "received": 1000,
+        "duration_s": 1.0, "received_per_s": 1000.0, "cpu_s": 1.0
+    });
+    std::fs::write(results.join("raw-quinn-paced.json"), same_shape.to_string()).unwrap();
+    std::fs::write(results.join("raw-quinn.json"), other_shape.to_string()).unwrap();
+
+    let page = dir.join("page.md");
+    let markers = "<!-- hubcast-load report: begin -->\n<!-- hubcast-load report: end -->\n";
+    std::fs::write(&page, markers).unwrap();
+    let after = render_report(&results, &page);
+
+    assert!(
+        after.contains("| raw-quinn-paced | 4 | 200/s | 200 | 160 | 20.00 | 20 |"),
+        "{after}"
+    );
+    assert!(
+        after.contains("| raw-quinn | 100 | max | 1000 | 1000 | 0.00 | 100 |"),
+        "{after}"
+    );
+    let delivered = telemetry["delivered_per_second"].as_f64().unwrap();
+    let ratio = format!("{:.0} %", 100.0 * delivered / 160.0);
+    let row = format!("| telemetry-paced | {delivered:.0} | raw-quinn-paced | 160 | {ratio} |");
+    assert!(after.contains(&row), "expected {row} in {after}");
+    assert!(!after.contains("| raw-quinn | 1000 |"), "{after}");
     let _ = std::fs::remove_dir_all(Path::new(&dir));
 }

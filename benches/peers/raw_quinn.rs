@@ -9,7 +9,7 @@
 //!
 //! ```sh
 //! cargo run --release --example peer-raw-quinn -- --connections 100 --size 100 --rate max --duration 10
-//! {"connections":100,"size":100,"sent":..,"received":..,"duration_s":..,"received_per_s":..,"cpu_s":..}
+//! {"connections":100,"size":100,"rate_per_s":null,"sent":..,"received":..,"duration_s":..,"received_per_s":..,"cpu_s":..}
 //! ```
 //!
 //! `duration_s` is the sending time, `received` counts echoes that arrived by [`DRAIN`] after
@@ -243,6 +243,8 @@ async fn wait_for_datagram_size(connection: &quinn::Connection, size: usize) -> 
 struct Report {
     connections: u32,
     size: u32,
+    /// Datagrams per second over all connections; absent for `--rate max`.
+    rate_per_s: Option<f64>,
     sent: u64,
     received: u64,
     duration_s: f64,
@@ -291,6 +293,10 @@ async fn run(args: &Args, connections: &[quinn::Connection]) -> Report {
     Report {
         connections: args.connections,
         size: args.size,
+        rate_per_s: match args.rate {
+            Rate::Max => None,
+            Rate::PerSecond(rate) => Some(rate),
+        },
         sent,
         received,
         duration_s: round3(duration),

@@ -281,10 +281,11 @@ fn ratios(out: &mut String, results: &[Result]) {
 }
 
 fn telemetry(out: &mut String, results: &[&Result], all: &[Result]) {
-    let raw = all
+    let raw: Vec<&Result> = all
         .iter()
-        .find(|r| r.name == "raw-quinn" || r.json.get("received_per_s").is_some());
-    if results.is_empty() && raw.is_none() {
+        .filter(|r| r.json.get("received_per_s").is_some())
+        .collect();
+    if results.is_empty() && raw.is_empty() {
         return;
     }
     out.push_str("### Telemetry datagrams\n\n");
@@ -315,31 +316,89 @@ fn telemetry(out: &mut String, results: &[&Result], all: &[Result]) {
         );
     }
     out.push('\n');
-    let Some(raw) = raw else {
+    if raw.is_empty() {
         return;
-    };
-    let ceiling = num(&raw.json["received_per_s"]);
-    let _ = writeln!(
-        out,
-        "Raw quinn datagram echo over {} connections: {ceiling:.0} datagrams/s echoed.",
-        raw.json["connections"]
+    }
+
+    out.push_str(
+        "Raw quinn datagram echo, both endpoints in one process (CPU % is that process's):\n\n",
     );
-    let best = results
-        .iter()
-        .filter(|r| r.json["rate_per_publisher"].is_null())
-        .map(|r| num(&r.json["delivered_per_second"]))
-        .fold(0.0, f64::max);
-    if best > 0.0 && ceiling > 0.0 {
-        let ratio = best / ceiling;
+    out.push_str("| Run | Connections | Rate in total | Sent/s | Echoed/s | Lost % | CPU % |\n");
+    out.push_str("|---|--:|--:|--:|--:|--:|--:|\n");
+    for result in &raw {
+        let json = &result.json;
+        let seconds = num(&json["duration_s"]);
+        let sent = num(&json["sent"]);
+        let received = num(&json["received"]);
+        let (sent_rate, lost, cpu) = if seconds > 0.0 && sent > 0.0 {
+            (
+                sent / seconds,
+                100.0 * (sent - received).max(0.0) / sent,
+                100.0 * num(&json["cpu_s"]) / seconds,
+            )
+        } else {
+            (0.0, 0.0, 0.0)
+        };
         let _ = writeln!(
             out,
-            "hubcast's telemetry path at full rate: {best:.0} datagrams/s delivered, {:.0} % of \
-             the raw ceiling (goal 70 %: {}).",
+            "| {} | {} | {} | {sent_rate:.0} | {:.0} | {lost:.2} | {cpu:.0} |",
+            result.name,
+            json["connections"],
+            json["rate_per_s"]
+                .as_f64()
+                .map(|r| format!("{r:.0}/s"))
+                .unwrap_or_else(|| "max".into()),
+            num(&json["received_per_s"]),
+        );
+    }
+    out.push('\n');
+
+    // Each hubcast run is compared with the echo of the same shape: the same number of sending
+    // connections and the same total rate, or both at full rate.
+    let mut rows = String::new();
+    for result in results {
+        let json = &result.json;
+        let publishers = json["publishers_connected"].as_u64().unwrap_or(0);
+        let total_rate = json["rate_per_publisher"]
+            .as_f64()
+            .map(|rate| rate * publishers as f64);
+        let matching = raw.iter().find(|r| {
+            let connections = r.json["connections"].as_u64().unwrap_or(0);
+            match (total_rate, r.json["rate_per_s"].as_f64()) {
+                (None, None) => connections == publishers,
+                (Some(ours), Some(theirs)) => {
+                    connections == publishers && (ours - theirs).abs() <= 0.01 * theirs
+                }
+                _ => false,
+            }
+        });
+        let Some(matching) = matching else {
+            continue;
+        };
+        let delivered = num(&json["delivered_per_second"]);
+        let ceiling = num(&matching.json["received_per_s"]);
+        if ceiling <= 0.0 {
+            continue;
+        }
+        let ratio = delivered / ceiling;
+        let _ = writeln!(
+            rows,
+            "| {} | {delivered:.0} | {} | {ceiling:.0} | {:.0} % | 70 % | {} |",
+            result.name,
+            matching.name,
             ratio * 100.0,
             if ratio >= 0.7 { "met" } else { "missed" }
         );
     }
-    out.push('\n');
+    if !rows.is_empty() {
+        out.push_str(
+            "| hubcast run | Delivered/s | Raw quinn run of the same shape | Echoed/s | Ratio \
+             | Goal | |\n",
+        );
+        out.push_str("|---|--:|---|--:|--:|--:|---|\n");
+        out.push_str(&rows);
+        out.push('\n');
+    }
 }
 
 fn idle(out: &mut String, results: &[&Result]) {
