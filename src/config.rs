@@ -126,7 +126,17 @@ pub struct Args {
     /// which QUIC then resends or, for datagrams, loses.
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
     pub udp_buffer: usize,
+
+    /// Maximum bytes of datagrams queued in each QUIC connection, in each direction. When the
+    /// send queue is full, the oldest unsent datagram is dropped, so this bounds both the
+    /// memory a session can hold and how stale its telemetry can get. Minimum 2048.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 10)]
+    pub datagram_buffer: usize,
 }
+
+/// Smallest datagram queue: room for one datagram of the largest size a 1,500-byte MTU allows.
+/// A smaller queue would also forbid clients datagrams that the path could carry.
+const MIN_DATAGRAM_BUFFER: usize = 2048;
 
 /// Complete server configuration.
 #[derive(Clone, Debug)]
@@ -160,6 +170,8 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Receive and send buffer of each QUIC UDP socket, in bytes. Default 4 MiB.
     pub udp_buffer_bytes: usize,
+    /// Datagram bytes queued per QUIC connection in each direction. Default 64 KiB.
+    pub datagram_buffer_bytes: usize,
 }
 
 impl Default for Config {
@@ -209,6 +221,7 @@ impl Args {
             peer_timeout: Duration::from_secs(self.peer_timeout.max(1)),
             header_timeout: Duration::from_secs(self.header_timeout.max(1)),
             udp_buffer_bytes: self.udp_buffer,
+            datagram_buffer_bytes: self.datagram_buffer.max(MIN_DATAGRAM_BUFFER),
         }
     }
 }

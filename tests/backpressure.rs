@@ -212,9 +212,8 @@ impl Drop for Relay {
     }
 }
 
-#[tokio::test]
-async fn vanished_quic_peer_is_freed() {
-    let server = TestServer::start_with(|c| c.idle_timeout = Duration::from_secs(1)).await;
+/// Opens a WebTransport session to `server` through a new relay and subscribes it to `filter`.
+async fn subscribe_via_relay(server: &TestServer, filter: &str) -> (Relay, WtClient) {
     let relay = Relay::start(server.quic).await;
     let mut via_relay = TestServer::start_with(|_| {}).await;
     // Aim the client at the relay while keeping the real server's certificate hash.
@@ -222,11 +221,18 @@ async fn vanished_quic_peer_is_freed() {
     via_relay.hash = server.hash;
     let mut client = WtClient::connect(&via_relay).await.unwrap();
     let reply = client
-        .call(json!({"op": "subscribe", "filters": ["q"]}))
+        .call(json!({"op": "subscribe", "filters": [filter]}))
         .await
         .unwrap();
     assert_eq!(reply["op"], "subscribed");
     server.wait_subscribers(1).await;
+    (relay, client)
+}
+
+#[tokio::test]
+async fn vanished_quic_peer_is_freed() {
+    let server = TestServer::start_with(|c| c.idle_timeout = Duration::from_secs(1)).await;
+    let (relay, _client) = subscribe_via_relay(&server, "q").await;
 
     relay.cut.store(true, std::sync::atomic::Ordering::Relaxed);
     // Keep-alives go unanswered; the idle timeout (1 s here) ends the connection.
@@ -238,6 +244,84 @@ async fn vanished_quic_peer_is_freed() {
             .sessions_open
             .load(std::sync::atomic::Ordering::Relaxed),
         0
+    );
+}
+
+/// While a subscriber's path is down, its session's datagram queue keeps only the newest values
+/// that fit the configured buffer, so the subscriber gets fresh telemetry once the path is back
+/// instead of a backlog of stale values.
+#[tokio::test]
+async fn datagram_queue_keeps_newest_values() {
+    const BUFFER: usize = 2048;
+    const VALUES: usize = 2000;
+    let server = TestServer::start_with(|c| c.datagram_buffer_bytes = BUFFER).await;
+    let (relay, client) = subscribe_via_relay(&server, "g/#").await;
+
+    relay.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+    let topic = Topic::parse("g/t").unwrap();
+    for n in 0..VALUES {
+        let payload = Bytes::from(format!("{n:0>40}"));
+        server
+            .server
+            .hub
+            .publish(topic.clone(), Class::Telemetry, None, payload)
+            .unwrap();
+        // Lets the session hand each value to QUIC before the hub's queue fills, so the values
+        // pile up in the connection's datagram queue, not in the hub's conflation.
+        if n % 8 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    // Whatever the congestion window lets out meanwhile is lost on the cut path.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay.cut.store(false, std::sync::atomic::Ordering::Relaxed);
+    let last = Bytes::from("last");
+    let publish_last = || {
+        server
+            .server
+            .hub
+            .publish(topic.clone(), Class::Telemetry, None, last.clone())
+            .unwrap();
+    };
+    publish_last();
+
+    // Read until the value published after the cut arrives; it goes out behind the queue.
+    let mut values = Vec::new();
+    let mut resend = tokio::time::interval(Duration::from_millis(200));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let datagram = tokio::select! {
+            datagram = client.connection.receive_datagram() => datagram.unwrap(),
+            _ = resend.tick() => {
+                // The first copy may be lost while the path recovers.
+                publish_last();
+                continue;
+            }
+            _ = tokio::time::sleep_until(deadline) => panic!("the value after the cut never came"),
+        };
+        let (_, payload) = parse_datagram(&datagram);
+        if payload == b"last" {
+            break;
+        }
+        values.push(
+            String::from_utf8(payload)
+                .unwrap()
+                .parse::<usize>()
+                .unwrap(),
+        );
+    }
+
+    // Each queued datagram is about 47 bytes, so about 43 of them fit the buffer.
+    let fit = BUFFER / 40;
+    assert!(
+        values.len() <= fit,
+        "{} queued values arrived, the buffer fits about {fit}: {values:?}",
+        values.len()
+    );
+    let oldest = VALUES - fit;
+    assert!(
+        values.iter().all(|&n| n >= oldest),
+        "values older than {oldest} arrived: {values:?}"
     );
 }
 

@@ -31,9 +31,9 @@ use tokio::time::MissedTickBehavior;
 /// How long the client keeps counting echoes after it stops sending.
 const DRAIN: Duration = Duration::from_millis(500);
 
-/// Datagram buffer sizes of hubcast's QUIC endpoint (`server_config` in src/quic/mod.rs).
-const DATAGRAM_RECEIVE_BUFFER: usize = 1 << 20;
-const DATAGRAM_SEND_BUFFER: usize = 1 << 20;
+/// Datagram buffer sizes of hubcast's QUIC endpoint: the default of its `--datagram-buffer`.
+const DATAGRAM_RECEIVE_BUFFER: usize = 64 << 10;
+const DATAGRAM_SEND_BUFFER: usize = 64 << 10;
 
 /// How long a `--size` above the current maximum datagram size waits for path MTU discovery.
 const MTU_PROBE_WAIT: Duration = Duration::from_secs(2);

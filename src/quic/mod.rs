@@ -88,8 +88,8 @@ pub fn server_config(
         .max_concurrent_uni_streams(stream_limit::INITIAL_UNI_STREAMS.into())
         .stream_receive_window((1u32 << 20).into())
         .receive_window((8u32 << 20).into())
-        .datagram_receive_buffer_size(Some(1 << 20))
-        .datagram_send_buffer_size(1 << 20);
+        .datagram_receive_buffer_size(Some(config.datagram_buffer_bytes))
+        .datagram_send_buffer_size(config.datagram_buffer_bytes);
     server.transport_config(Arc::new(transport));
     Ok(server)
 }
