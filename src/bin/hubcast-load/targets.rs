@@ -542,7 +542,10 @@ async fn ws_connect(addr: SocketAddr, path: &str) -> anyhow::Result<Ws> {
 }
 
 /// Reads the next text or binary message, skipping control frames.
-async fn next_message(ws: &mut Ws) -> anyhow::Result<Bytes> {
+async fn next_message<S>(ws: &mut S) -> anyhow::Result<Bytes>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(text))) => return Ok(Bytes::from(text)),
@@ -711,7 +714,15 @@ fn query_escape(value: &str) -> String {
 
 /// The one publisher of a fan-out run.
 pub enum Publisher {
-    Hubcast(Client),
+    /// `publish` commands over hubcast's WebSocket, at most [`HUBCAST_PIPELINE`] of them
+    /// unacknowledged; a task reads the replies.
+    Hubcast {
+        sink: futures_util::stream::SplitSink<Ws, Message>,
+        sent: u64,
+        /// Number of `ack` replies so far; the reply reader drops its sender on any other reply.
+        acked: tokio::sync::watch::Receiver<u64>,
+        replies: tokio::task::JoinHandle<anyhow::Result<()>>,
+    },
     /// `POST /publish?topic=T` with the payload as the body (ws-hub and Socket.IO hubs).
     HttpBody {
         sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
@@ -738,13 +749,34 @@ pub enum Publisher {
 /// server unboundedly.
 const NATS_PING_EVERY: u64 = 100;
 
+/// Unacknowledged hubcast publishes the publisher allows, the counterpart of
+/// [`NATS_PING_EVERY`], so both servers read publishes at the same depth of pipelining.
+const HUBCAST_PIPELINE: u64 = 100;
+
 impl Publisher {
     pub async fn connect(ctx: &Context) -> anyhow::Result<Self> {
         let addr = ctx.publish;
         let publisher = match ctx.target {
             t if t.is_hubcast() => {
-                let connector = hubcast_connector(None, Some(addr))?;
-                Publisher::Hubcast(connector.connect().await?)
+                let (sink, mut stream) = ws_connect(addr, "/v1/ws").await?.split();
+                let (acks, acked) = tokio::sync::watch::channel(0u64);
+                let replies = tokio::spawn(async move {
+                    loop {
+                        let reply = next_message(&mut stream).await?;
+                        let json: serde_json::Value = serde_json::from_slice(&reply)
+                            .context("hubcast sent a reply that is not JSON")?;
+                        if json["op"] != "ack" {
+                            bail!("hubcast rejected a publish: {json}");
+                        }
+                        acks.send_modify(|count| *count += 1);
+                    }
+                });
+                Publisher::Hubcast {
+                    sink,
+                    sent: 0,
+                    acked,
+                    replies,
+                }
             }
             Target::WsHub | Target::Socketio => Publisher::HttpBody {
                 sender: http_sender(addr).await?,
@@ -784,12 +816,36 @@ impl Publisher {
         Ok(publisher)
     }
 
-    /// Publishes one event to the run's topic and waits until the server has accepted it,
-    /// where the protocol reports that.
+    /// Publishes one event to the run's topic. hubcast and NATS publishes are pipelined and
+    /// confirmed in batches; the HTTP publishes of the other peers wait for their response.
     pub async fn publish(&mut self, topic: &str, payload: Vec<u8>) -> anyhow::Result<()> {
         match self {
-            Publisher::Hubcast(client) => {
-                client.publish(topic, &payload, None).await?;
+            Publisher::Hubcast {
+                sink,
+                sent,
+                acked,
+                replies,
+            } => {
+                let window = *sent;
+                let caught_up = acked
+                    .wait_for(|&count| window - count < HUBCAST_PIPELINE)
+                    .await
+                    .is_ok();
+                if !caught_up {
+                    // The reply reader ended, and its result carries the cause.
+                    return match replies.await {
+                        Ok(Err(e)) => Err(e),
+                        _ => Err(anyhow!("the publisher's WebSocket ended")),
+                    };
+                }
+                let text = match std::str::from_utf8(&payload) {
+                    Ok(text) => {
+                        serde_json::json!({"op": "publish", "topic": topic, "payload": text})
+                    }
+                    Err(_) => bail!("a fan-out payload must be UTF-8 text"),
+                };
+                sink.send(Message::text(text.to_string())).await?;
+                *sent += 1;
             }
             Publisher::HttpBody { sender, host, path } => {
                 let request = http::Request::post(path.as_str())
