@@ -31,7 +31,6 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Simulates temperature sensors that publish telemetry datagrams and alarm events to hubcast.
 #[derive(Debug, Parser)]
-#[command(about)]
 struct Args {
     /// WebTransport URL of the server.
     #[arg(default_value = "https://127.0.0.1:4433/v1/wt")]
@@ -117,6 +116,7 @@ impl Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )

@@ -37,7 +37,10 @@ pub enum StartError {
         transport: &'static str,
         source: std::io::Error,
     },
-    #[error("no {0} address could be bound")]
+    #[error(
+        "no {0} address could be bound (see the warnings above); stop the process that holds \
+         the port, or pick other addresses with --http-listen and --quic-listen"
+    )]
     NothingBound(&'static str),
 }
 
@@ -187,13 +190,14 @@ impl Server {
             path = %cert.cert_path.display(),
             "certificate ready"
         );
-        if !config.web_dir.join("index.html").is_file() {
+        let demo = config.web_dir.join("index.html").is_file();
+        if !demo {
             warn!(
                 web_dir = %config.web_dir.display(),
                 "demo page not found: run from the repository root or pass --web-dir"
             );
         }
-        if let Some(addr) = http_addrs.first() {
+        if let Some(addr) = http_addrs.first().filter(|_| demo) {
             let host = if addr.ip().is_loopback() {
                 "localhost".to_owned()
             } else {

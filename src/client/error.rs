@@ -41,8 +41,10 @@ pub enum Error {
 
     /// The certificate hash could not be fetched from the server's HTTP listener.
     #[error(
-        "failed to fetch the certificate hash from {url}: {reason}; pass the hash explicitly, \
-         or accept any certificate for a server you run yourself"
+        "failed to fetch the certificate hash from {url}: {reason}; check that the server runs \
+         and that the URL names its TCP listener (`--server` in the CLI), pass the hash \
+         explicitly (`--cert-hash`), or accept any certificate for a server you run yourself \
+         (`--insecure`)"
     )]
     CertHashFetch { url: String, reason: String },
 

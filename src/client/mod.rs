@@ -256,7 +256,14 @@ impl ConnectorInner {
         }
         if let Some(url) = &self.websocket {
             match tokio::time::timeout(timeout, ws::connect(url, self.options.keep_alive)).await {
-                Ok(Ok(link)) => return Ok(Link::WebSocket(Box::new(link))),
+                Ok(Ok(link)) => {
+                    if !failures.is_empty() {
+                        // The reason WebTransport failed is otherwise lost with the fallback.
+                        let reason = failures.join("; ");
+                        tracing::info!(%reason, "WebTransport failed; using WebSocket");
+                    }
+                    return Ok(Link::WebSocket(Box::new(link)));
+                }
                 Ok(Err(e)) => failures.push(format!("WebSocket {url}: {e}")),
                 Err(_) => failures.push(format!("WebSocket {url}: timed out after {timeout:?}")),
             }
