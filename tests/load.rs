@@ -17,12 +17,18 @@ use serde_json::Value;
 
 use common::{temp_dir, TestServer};
 
+/// Longest a small hubcast-load run may take before the test fails.
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Runs hubcast-load with `args` and returns its exit code and the JSON it printed.
 async fn load(args: &[&str]) -> (i32, Value) {
-    let output: Output = tokio::process::Command::new(env!("CARGO_BIN_EXE_hubcast-load"))
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_hubcast-load"))
         .args(args)
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let output: Output = tokio::time::timeout(RUN_TIMEOUT, run)
         .await
+        .unwrap_or_else(|_| panic!("hubcast-load {args:?} ran longer than {RUN_TIMEOUT:?}"))
         .expect("hubcast-load runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -84,8 +90,8 @@ async fn fanout_delivers_every_event_on_every_transport() {
     }
 }
 
-/// A TCP proxy to `upstream` whose server-to-client direction can be paused, so the server
-/// sees subscribers that stop reading.
+/// A TCP proxy to `upstream` whose server-to-client direction can be paused, so that to the
+/// server its subscribers stop reading.
 async fn pausable_proxy(upstream: SocketAddr, paused: Arc<AtomicBool>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -147,6 +147,13 @@ fn num(value: &Value) -> f64 {
     value.as_f64().unwrap_or(0.0)
 }
 
+/// Formats a rate in datagrams per second, or `max` when the run had none.
+fn rate_label(rate: &Value) -> String {
+    rate.as_f64()
+        .map(|r| format!("{r:.0}/s"))
+        .unwrap_or_else(|| "max".into())
+}
+
 fn max_phase(result: &Value) -> Option<&Value> {
     result["phases"]
         .as_array()?
@@ -302,10 +309,7 @@ fn telemetry(out: &mut String, results: &[&Result], all: &[Result]) {
             result.name,
             json["publishers_connected"],
             json["subscribers"],
-            json["rate_per_publisher"]
-                .as_f64()
-                .map(|r| format!("{r:.0}/s"))
-                .unwrap_or_else(|| "max".into()),
+            rate_label(&json["rate_per_publisher"]),
             num(&json["sent_per_second"]),
             num(&json["delivered_per_second"]),
             num(&json["loss_percent"]),
@@ -344,10 +348,7 @@ fn telemetry(out: &mut String, results: &[&Result], all: &[Result]) {
             "| {} | {} | {} | {sent_rate:.0} | {:.0} | {lost:.2} | {cpu:.0} |",
             result.name,
             json["connections"],
-            json["rate_per_s"]
-                .as_f64()
-                .map(|r| format!("{r:.0}/s"))
-                .unwrap_or_else(|| "max".into()),
+            rate_label(&json["rate_per_s"]),
             num(&json["received_per_s"]),
         );
     }

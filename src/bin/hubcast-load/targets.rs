@@ -1,7 +1,9 @@
 //! The servers under test and how the load generator subscribes and publishes on each.
 //!
-//! hubcast's WebSocket and WebTransport targets go through `hubcast::client`. Its SSE targets
-//! read the event stream over HTTP/1.1 (hyper) and HTTP/3 (h3). The peers speak their own
+//! hubcast's WebTransport subscribers go through `hubcast::client`. Its WebSocket subscribers
+//! and its publisher speak the JSON command protocol over plain tungstenite, as the WebSocket
+//! peers are read, and its SSE subscribers read the event stream over HTTP/1.1 (hyper) and
+//! HTTP/3 (h3). The peers speak their own
 //! protocols, written here from their public specifications: NATS over WebSocket, Engine.IO
 //! v4 for Socket.IO, a plain WebSocket hub, Pushpin's GRIP publish API and raw TCP lines.
 
@@ -838,13 +840,10 @@ impl Publisher {
                         _ => Err(anyhow!("the publisher's WebSocket ended")),
                     };
                 }
-                let text = match std::str::from_utf8(&payload) {
-                    Ok(text) => {
-                        serde_json::json!({"op": "publish", "topic": topic, "payload": text})
-                    }
-                    Err(_) => bail!("a fan-out payload must be UTF-8 text"),
-                };
-                sink.send(Message::text(text.to_string())).await?;
+                let text =
+                    std::str::from_utf8(&payload).context("a fan-out payload must be UTF-8")?;
+                let command = serde_json::json!({"op": "publish", "topic": topic, "payload": text});
+                sink.send(Message::text(command.to_string())).await?;
                 *sent += 1;
             }
             Publisher::HttpBody { sender, host, path } => {
@@ -859,7 +858,7 @@ impl Publisher {
                 host,
                 channel,
             } => {
-                // Pushpin 1.36 answers every publish with `Connection: close`, so each
+                // Pushpin 1.36 replies to every publish with `Connection: close`, so each
                 // publish takes a new connection.
                 *sender = http_sender(host.parse()?).await?;
                 let content = format!("data: {}\n\n", String::from_utf8_lossy(&payload));
