@@ -68,7 +68,7 @@ load() {
 
 if [[ $RUN_PEERS != 0 ]]; then
     echo "== fan-out, hubcast and its peers side by side"
-    # A peer that loses messages fails its run; its result says so and the report shows it.
+    # A peer that loses messages fails its run, which its result records and the report shows.
     if ! benches/peers/run.sh; then
         echo "some peer runs failed; the report marks them" >&2
     fi

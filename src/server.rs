@@ -38,7 +38,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error(
-        "no {0} address could be bound (see the warnings above); stop the process that holds \
+        "no {0} address could be bound (see the warnings above); stop the process that uses \
          the port, or pick other addresses with --http-listen and --quic-listen"
     )]
     NothingBound(&'static str),

@@ -1,5 +1,5 @@
 // The origin behind Pushpin in the fan-out benchmark: it replies to every subscription with GRIP
-// headers, so Pushpin holds the client's response open as an SSE stream on the topic's channel
+// headers, so Pushpin keeps the client's response open as an SSE stream on the topic's channel
 // and the origin's part ends with this reply.
 //
 //   node pushpin-origin.mjs --port P

@@ -56,11 +56,11 @@
 //! # Resuming
 //!
 //! The client tracks each subscription's position: the newest event cursor it routed to the
-//! subscription, the cursor of the `subscribed` reply, or that of a resync signal. When the
-//! connection drops for any reason but [`Client::close`], including a WebSocket close 4008 or a
-//! WebTransport session close 0x14 for a slow reader, it reconnects with exponential backoff and
-//! subscribes again from those positions, so no event is lost or repeated while history still
-//! reaches back. After a server restart the server answers with a resync signal of reason
+//! subscription, the cursor of the `subscribed` reply, or that of a resync signal. The
+//! connection may drop for any reason but [`Client::close`], including a WebSocket close 4008
+//! or a WebTransport session close 0x14 for a slow reader. It then reconnects with exponential
+//! backoff and subscribes again from those positions, so no event is lost or repeated while
+//! history still reaches back. After a server restart the server answers with a resync signal of reason
 //! `epoch`, which [`Subscription::next`] returns.
 //!
 //! NOTE: over WebTransport each topic travels on its own stream and streams are not ordered

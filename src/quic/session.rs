@@ -249,7 +249,7 @@ pub(super) async fn run(
     // state the session keeps while it is open.
     Box::pin(close_connect(connect_send, end)).await;
     // The close capsule must reach the client before the connection goes, so the client gets
-    // to close first; a client that does not is cut after the grace period.
+    // to close first. A client that does not is cut after the grace period.
     tokio::select! {
         _ = quic.closed() => {}
         _ = tokio::time::sleep(CLOSE_GRACE) => {}

@@ -54,13 +54,13 @@ enum Command {
 /// Options every scenario against a server shares.
 #[derive(Debug, clap::Args)]
 pub struct Common {
-    /// Where subscribers connect: hubcast's TCP address for hubcast-ws and hubcast-sse, its
-    /// QUIC address for hubcast-h3sse and hubcast-wt, a peer's subscriber port otherwise.
+    /// Address subscribers connect to: hubcast's TCP address for hubcast-ws and hubcast-sse,
+    /// its QUIC address for hubcast-h3sse and hubcast-wt, a peer's subscriber port otherwise.
     #[arg(long, value_name = "HOST:PORT")]
     server: SocketAddr,
 
-    /// Where the publisher connects, when not `--server`: hubcast's TCP address for the QUIC
-    /// targets, nats-server's client port, Pushpin's HTTP control port.
+    /// Address the publisher connects to, when not `--server`: hubcast's TCP address for the
+    /// QUIC targets, nats-server's client port, Pushpin's HTTP control port.
     #[arg(long, value_name = "HOST:PORT")]
     publish: Option<SocketAddr>,
 
@@ -150,7 +150,7 @@ fn raise_open_file_limit() {
     }
 }
 
-/// The soft limit on open files of this process, from /proc.
+/// Reads the soft limit on open files of this process from /proc.
 pub fn open_file_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;

@@ -1,4 +1,4 @@
-//! Idle connections: each holds one subscription and receives nothing, and the server's
+//! Idle connections: each keeps one subscription and receives nothing, and the server's
 //! memory per connection is read before and after they open.
 //!
 //! The run opens connections until it reaches `--connections` or one fails, and reports

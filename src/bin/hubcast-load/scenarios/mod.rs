@@ -46,7 +46,7 @@ impl Latency {
     }
 }
 
-/// How opening the connections of a run went.
+/// Outcome of opening the connections of a run.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Connecting {
     pub requested: usize,
@@ -74,7 +74,7 @@ pub struct Opening {
     pub stop_on_error: bool,
 }
 
-/// Opens subscribers as `opening` says, the `n`th on `filter(n)`.
+/// Opens the subscribers that `opening` specifies, the `n`th on `filter(n)`.
 pub async fn open_subscribers(
     ctx: &Arc<Context>,
     shared: &Arc<Shared>,
@@ -133,7 +133,7 @@ pub async fn open_subscribers(
     }
 }
 
-/// What the subscribers of a run counted, summed.
+/// Counts of all subscribers of a run, summed.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Totals {
     pub received: u64,
