@@ -1291,10 +1291,20 @@ export class Hubcast {
         this.reasons = reasons;
         return connection;
       } catch (error) {
-        const code = error instanceof TransportError ? error.code : SKIP.HANDSHAKE_FAILED;
-        reasons.push({ transport: name, code, message: error.message });
+        let code = error instanceof TransportError ? error.code : SKIP.HANDSHAKE_FAILED;
+        let message = error.message;
+        // WebSocket and EventSource report no cause, so a probe separates a server that is down
+        // from one that rejected this transport.
+        if (code === SKIP.HANDSHAKE_FAILED) {
+          const down = await this._probeDown();
+          if (down) {
+            code = SKIP.UNREACHABLE;
+            message = `${message} (${down})`;
+          }
+        }
+        reasons.push({ transport: name, code, message });
         // A weaker transport cannot reach a server that is down either; during a restart it
-        // would only win the race because it retries on its own (EventSource does).
+        // would only win the race if the server came back in between.
         if (code === SKIP.UNREACHABLE) break;
       }
       if (this.state === 'closed') break;
@@ -1302,6 +1312,18 @@ export class Hubcast {
     this.reasons = reasons;
     const summary = reasons.map((r) => `${r.transport}: ${r.code}`).join('; ');
     throw new Error(`no transport could connect (${summary})`);
+  }
+
+  /** Returns why the server cannot be reached over HTTP at all, or null when it responds. */
+  async _probeDown() {
+    try {
+      await StreamingConnection.probe(this);
+      return null;
+    } catch (error) {
+      const unreachable = error instanceof TransportError
+        && (error.code === SKIP.UNREACHABLE || error.code === SKIP.TIMED_OUT);
+      return unreachable ? error.message : null;
+    }
   }
 
   _scheduleReconnect(error) {

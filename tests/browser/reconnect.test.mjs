@@ -36,7 +36,7 @@ function eventsOn(state, topic) {
   return state.events.filter((e) => e.topic === topic);
 }
 
-async function restartScenario({ exclude, signal, transport, browser = chromium }) {
+async function restartScenario({ exclude, signal, transport, browser = chromium, whileDown }) {
   const ports = await freePorts();
   const certDir = path.join(tempDir('certs'), 'certs');
   let server = await startServer({ ...ports, certDir });
@@ -52,6 +52,7 @@ async function restartScenario({ exclude, signal, transport, browser = chromium 
 
     await server.stop(signal);
     await waitForState(page, (s) => s.state === 'reconnecting', 'the page to notice the drop');
+    if (whileDown) await whileDown(page);
 
     server = await startServer({ ...ports, certDir });
     const hashAfter = await (await fetch(`${server.origin}/v1/cert-hash`)).json();
@@ -106,7 +107,25 @@ test('websocket page resyncs after the server is killed', async () => {
 });
 
 test('sse page resyncs after a restart', async () => {
-  const state = await restartScenario({ exclude: 'webtransport,websocket', signal: 'SIGTERM', transport: 'sse' });
+  // EventSource reports no cause, so the client probes the server. A server that is down must
+  // end the attempt as unreachable, not fall through to polling, which would win the race if
+  // the server came back in between.
+  const whileDown = async (page) => {
+    const failed = await waitForState(
+      page,
+      (s) => s.state === 'reconnecting' && s.reasons.some((r) => r.transport === 'sse'),
+      'a reconnect attempt while the server is down',
+    );
+    const sse = failed.reasons.find((r) => r.transport === 'sse');
+    assert.equal(sse.code, 'unreachable', JSON.stringify(failed.reasons));
+    assert.ok(!failed.reasons.some((r) => r.transport === 'polling'), JSON.stringify(failed.reasons));
+  };
+  const state = await restartScenario({
+    exclude: 'webtransport,websocket',
+    signal: 'SIGTERM',
+    transport: 'sse',
+    whileDown,
+  });
   assert.equal(state.transport, 'sse');
 });
 
